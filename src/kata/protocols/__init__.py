@@ -1,0 +1,1 @@
+"""Generated protobuf code and its .proto sources (see protos/ and tools/genprotos.py)."""
