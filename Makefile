@@ -1,0 +1,54 @@
+# pykata: `make demo` and `make test` work on a fresh Debian 12 machine (as root).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMPS := .stamps
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+# Debian packages pykata needs on the host (and to build the guest image).
+APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static lz4 erofs-utils e2fsprogs cpio kmod \
+	python3.11 containerd runc containernetworking-plugins podman iproute2 tmux
+
+.PHONY: setup apt venv kernel test lint demo protos clean
+
+setup: apt venv kernel
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "apt-get install $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(STAMPS)/venv
+
+$(STAMPS)/venv: pyproject.toml
+	@mkdir -p $(STAMPS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+# The guest kernel (Debian linux-image-cloud-amd64, unpacked into /var/cache/pykata, never installed).
+kernel: apt venv
+	@apt-cache show --no-all-versions linux-image-cloud-amd64 >/dev/null 2>&1 || apt-get update -qq
+	$(PY) -m kata.image kernel
+
+lint: venv
+	$(VENV)/bin/ruff check src tests tools bench
+	$(VENV)/bin/mypy
+
+# pytest exits 5 when it collected no test: that is not a failure of the suite.
+test: setup lint
+	$(PY) -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+demo: setup
+	kata-runtime check --verbose
+	kata-runtime env | sed -n '/^\[hypervisor.accelerator\]/,/^$$/p;/^\[kernel\]/,/^$$/p'
+
+protos: venv
+	$(PY) tools/genprotos.py
+
+clean:
+	rm -rf $(VENV) $(STAMPS) build src/*.egg-info

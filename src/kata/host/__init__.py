@@ -1,0 +1,1 @@
+"""Facts about the host and the checks `kata-runtime check` runs on them."""

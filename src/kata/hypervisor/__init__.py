@@ -1,0 +1,1 @@
+"""Hypervisor layer: one interface, drivers behind it (QEMU first), accelerator selection."""

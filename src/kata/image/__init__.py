@@ -1,0 +1,1 @@
+"""Guest image builder: the Debian kernel, the initrd with the Python agent, rootfs images."""

@@ -1,0 +1,1 @@
+"""kata-monitor: metrics and sandbox listing for the node (not implemented yet)."""

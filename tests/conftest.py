@@ -1,0 +1,83 @@
+"""Suite-wide fixtures: every test must leave no VMM process, mount, tap, netns or state dir behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+WATCHED_PROCESSES = ("qemu-system-x86_64", "virtiofsd", "containerd-shim-kata-v2", "kata-runtime")
+STATE_ROOTS = (Path("/run/kata"), Path("/run/vc"))
+
+
+def _processes() -> dict[int, str]:
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        name = os.path.basename(argv[0])
+        if name.startswith("python") and len(argv) > 1:  # console scripts run under the venv python
+            name = os.path.basename(argv[1])
+        if name in WATCHED_PROCESSES and int(entry.name) != os.getpid():
+            found[int(entry.name)] = name
+    return found
+
+
+def _listing(path: Path) -> frozenset[str]:
+    try:
+        return frozenset(p.name for p in path.iterdir())
+    except OSError:
+        return frozenset()
+
+
+@dataclass(frozen=True)
+class HostSnapshot:
+    """What a test could leak, as sets that can be diffed."""
+
+    processes: frozenset[tuple[int, str]]
+    mounts: frozenset[str]
+    links: frozenset[str]
+    netns: frozenset[str]
+    state: frozenset[str]
+
+    @classmethod
+    def take(cls) -> HostSnapshot:
+        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+        return cls(
+            processes=frozenset(_processes().items()),
+            mounts=frozenset(line.split()[4] for line in mounts),
+            links=_listing(Path("/sys/class/net")),
+            netns=_listing(Path("/run/netns")),
+            state=frozenset(f"{root}/{name}" for root in STATE_ROOTS for name in _listing(root)),
+        )
+
+    def leaked_since(self, before: HostSnapshot) -> dict[str, list[str]]:
+        leaks = {
+            "processes": sorted(f"{pid} {name}" for pid, name in self.processes - before.processes),
+            "mounts": sorted(self.mounts - before.mounts),
+            "links": sorted(self.links - before.links),
+            "netns": sorted(self.netns - before.netns),
+            "state dirs": sorted(self.state - before.state),
+        }
+        return {kind: items for kind, items in leaks.items() if items}
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail the test if it left a VMM/shim process, mount, link, netns or state dir behind."""
+    before = HostSnapshot.take()
+    yield
+    leaks = HostSnapshot.take().leaked_since(before)
+    for line in leaks.get("processes", []):
+        # Kill what leaked so one bad test does not fail every later one.
+        os.kill(int(line.split()[0]), signal.SIGKILL)
+    if leaks:
+        pytest.fail(f"test left resources behind: {leaks}", pytrace=False)
