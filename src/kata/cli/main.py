@@ -21,6 +21,7 @@ PROG = "kata-runtime"
 VERBS = {
     "check": ("check", "check that this host can run pykata sandboxes"),
     "env": ("env", "show the effective configuration, paths, versions and host facts"),
+    "image": ("image", "build the guest kernel and image"),
     "version": ("version", "show version information"),
 }
 
