@@ -38,6 +38,7 @@ kernel: apt venv
 lint: venv
 	$(VENV)/bin/ruff check src tests tools bench
 	$(VENV)/bin/mypy
+	$(if $(wildcard bench/*.py),$(VENV)/bin/mypy bench)
 
 # pytest exits 5 when it collected no test: that is not a failure of the suite.
 test: setup lint
