@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 from collections.abc import Iterator
@@ -12,6 +13,9 @@ import pytest
 
 WATCHED_PROCESSES = ("qemu-system-x86_64", "virtiofsd", "containerd-shim-kata-v2", "kata-runtime")
 STATE_ROOTS = (Path("/run/kata"), Path("/run/vc"))
+# Tests (and developers' ad-hoc runs: `flock /tmp/pykata-vm.lock CMD`) that boot guests hold this
+# lock, so two VM suites never compete for the 2 cores at once.
+VM_LOCK = Path("/tmp/pykata-vm.lock")
 
 
 def _processes() -> dict[int, str]:
@@ -81,3 +85,14 @@ def no_leaks() -> Iterator[None]:
         os.kill(int(line.split()[0]), signal.SIGKILL)
     if leaks:
         pytest.fail(f"test left resources behind: {leaks}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def vm_lock(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Serialize tests marked ``vm`` or ``e2e`` across processes through an flock."""
+    if request.node.get_closest_marker("vm") is None and request.node.get_closest_marker("e2e") is None:
+        yield
+        return
+    with VM_LOCK.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
