@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import signal
@@ -16,9 +17,29 @@ STATE_ROOTS = (Path("/run/kata"), Path("/run/vc"))
 # Tests (and developers' ad-hoc runs: `flock /tmp/pykata-vm.lock CMD`) that boot guests hold this
 # lock, so two VM suites never compete for the 2 cores at once.
 VM_LOCK = Path("/tmp/pykata-vm.lock")
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rpartition(")")[2].split()[1])
+
+
+def _is_ours(pid: int) -> bool:
+    """Whether ``pid`` descends from this pytest process (a subreaper: orphans stay below it)."""
+    me = os.getpid()
+    while pid > 1:
+        pid = _parent_of(pid)
+        if pid == me:
+            return True
+    return False
 
 
 def _processes() -> dict[int, str]:
+    """Watched processes started by this test run (other developers' VMs are not ours)."""
     found: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -30,9 +51,15 @@ def _processes() -> dict[int, str]:
         name = os.path.basename(argv[0])
         if name.startswith("python") and len(argv) > 1:  # console scripts run under the venv python
             name = os.path.basename(argv[1])
-        if name in WATCHED_PROCESSES and int(entry.name) != os.getpid():
+        if name in WATCHED_PROCESSES and _is_ours(int(entry.name)):
             found[int(entry.name)] = name
     return found
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Become a child subreaper, so daemons the tests start (shims, VMMs) stay our descendants."""
+    del config
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 def _listing(path: Path) -> frozenset[str]:

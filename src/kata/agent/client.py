@@ -1,0 +1,168 @@
+"""AgentClient: typed calls to the guest agent (grpc.AgentService, grpc.Health) over ttRPC."""
+
+from __future__ import annotations
+
+import time
+from typing import TypeVar
+
+from google.protobuf import empty_pb2
+from google.protobuf.message import Message
+
+from kata.agent import trans
+from kata.agent.transport import open_channel
+from kata.agent.types import AgentVersion, ContainerRequest, ExecRequest, GuestDetails, SandboxRequest
+from kata.errors import AgentError, RpcError
+from kata.protocols.pb import agent_pb2, health_pb2
+from kata.ttrpc.aio import AsyncClient
+from kata.ttrpc.status import Code
+
+__all__ = ["AGENT_SERVICE", "HEALTH_SERVICE", "AgentClient"]
+
+AGENT_SERVICE = "grpc.AgentService"
+HEALTH_SERVICE = "grpc.Health"
+DEFAULT_TIMEOUT = 60.0
+M = TypeVar("M", bound=Message)
+
+
+class AgentClient:
+    """One connection to a guest agent. Methods raise RpcError subclasses for gRPC errors,
+    ConnectionClosedError when the channel is gone and DeadlineExceededError on timeouts."""
+
+    def __init__(self, client: AsyncClient, *, url: str = "") -> None:
+        self._client = client
+        self.url = url
+
+    @classmethod
+    async def connect(cls, url: str, *, timeout: float = 30.0) -> AgentClient:
+        """Connect to the agent channel at ``url`` (see kata.agent.transport).
+
+        Raises:
+            AgentError: when no connection could be made within ``timeout``.
+        """
+        return cls(await open_channel(url, timeout=timeout), url=url)
+
+    async def close(self) -> None:
+        await self._client.close(timeout=1.0)
+
+    async def _call(self, method: str, request: Message, response_type: type[M], *,
+                    timeout: float | None = DEFAULT_TIMEOUT, service: str = AGENT_SERVICE) -> M:
+        return await self._client.call(service, method, request, response_type, timeout=timeout)
+
+    async def _empty(self, method: str, request: Message, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        await self._call(method, request, empty_pb2.Empty, timeout=timeout)
+
+    # grpc.Health
+
+    async def check(self, *, timeout: float = 5.0) -> bool:
+        """Whether the agent answers Health.Check with SERVING."""
+        answer = await self._call("Check", health_pb2.CheckRequest(), health_pb2.HealthCheckResponse,
+                                  timeout=timeout, service=HEALTH_SERVICE)
+        return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def wait_ready(self, timeout: float) -> float:
+        """Wait until Health.Check answers SERVING; return the seconds it took.
+
+        Raises:
+            AgentError: when the agent did not answer within ``timeout``.
+        """
+        start = time.monotonic()
+        try:
+            if await self.check(timeout=timeout):
+                return time.monotonic() - start
+        except RpcError as exc:
+            raise AgentError(f"agent at {self.url} did not become ready: {exc}") from exc
+        raise AgentError(f"agent at {self.url} answered NOT_SERVING")
+
+    async def version(self) -> AgentVersion:
+        answer = await self._call("Version", health_pb2.CheckRequest(), health_pb2.VersionCheckResponse,
+                                  service=HEALTH_SERVICE)
+        return trans.version_from_pb(answer)
+
+    # sandbox
+
+    async def create_sandbox(self, request: SandboxRequest) -> None:
+        await self._empty("CreateSandbox", trans.sandbox_to_pb(request))
+
+    async def destroy_sandbox(self) -> None:
+        await self._empty("DestroySandbox", agent_pb2.DestroySandboxRequest())
+
+    async def get_guest_details(self) -> GuestDetails:
+        answer = await self._call("GetGuestDetails", agent_pb2.GuestDetailsRequest(mem_block_size=True),
+                                  agent_pb2.GuestDetailsResponse)
+        return trans.guest_details_from_pb(answer)
+
+    async def set_guest_date_time(self, seconds: float) -> None:
+        whole = int(seconds)
+        await self._empty("SetGuestDateTime", agent_pb2.SetGuestDateTimeRequest(
+            Sec=whole, Usec=int((seconds - whole) * 1_000_000)))
+
+    async def reseed_random_dev(self, data: bytes) -> None:
+        await self._empty("ReseedRandomDev", agent_pb2.ReseedRandomDevRequest(data=data))
+
+    # containers and processes
+
+    async def create_container(self, request: ContainerRequest) -> None:
+        await self._empty("CreateContainer", trans.container_to_pb(request))
+
+    async def start_container(self, container_id: str) -> None:
+        await self._empty("StartContainer", agent_pb2.StartContainerRequest(container_id=container_id))
+
+    async def remove_container(self, container_id: str, timeout: int = 0) -> None:
+        await self._empty("RemoveContainer",
+                          agent_pb2.RemoveContainerRequest(container_id=container_id, timeout=timeout))
+
+    async def exec_process(self, request: ExecRequest) -> None:
+        await self._empty("ExecProcess", trans.exec_to_pb(request))
+
+    async def signal_process(self, container_id: str, exec_id: str, signal: int) -> None:
+        await self._empty("SignalProcess", agent_pb2.SignalProcessRequest(
+            container_id=container_id, exec_id=exec_id, signal=signal))
+
+    async def wait_process(self, container_id: str, exec_id: str) -> int:
+        """Block until the process exits; its status (exit code, or 128+signal when killed)."""
+        answer = await self._call("WaitProcess", agent_pb2.WaitProcessRequest(
+            container_id=container_id, exec_id=exec_id), agent_pb2.WaitProcessResponse, timeout=None)
+        return answer.status
+
+    async def _read(self, method: str, container_id: str, exec_id: str, size: int) -> bytes:
+        try:
+            answer = await self._call(method, agent_pb2.ReadStreamRequest(
+                container_id=container_id, exec_id=exec_id, len=size), agent_pb2.ReadStreamResponse,
+                timeout=None)
+        except RpcError as exc:
+            if exc.code == Code.OUT_OF_RANGE:  # our agent's end-of-stream answer
+                return b""
+            raise
+        return answer.data
+
+    async def read_stdout(self, container_id: str, exec_id: str, size: int = 65536) -> bytes:
+        """Next bytes of the process's stdout (its terminal, with a tty); b"" at end of stream."""
+        return await self._read("ReadStdout", container_id, exec_id, size)
+
+    async def read_stderr(self, container_id: str, exec_id: str, size: int = 65536) -> bytes:
+        """Next bytes of the process's stderr; b"" at end of stream."""
+        return await self._read("ReadStderr", container_id, exec_id, size)
+
+    async def write_stdin(self, container_id: str, exec_id: str, data: bytes) -> int:
+        answer = await self._call("WriteStdin", agent_pb2.WriteStreamRequest(
+            container_id=container_id, exec_id=exec_id, data=data), agent_pb2.WriteStreamResponse)
+        return answer.len
+
+    async def close_stdin(self, container_id: str, exec_id: str) -> None:
+        await self._empty("CloseStdin", agent_pb2.CloseStdinRequest(container_id=container_id,
+                                                                    exec_id=exec_id))
+
+    async def tty_win_resize(self, container_id: str, exec_id: str, rows: int, columns: int) -> None:
+        await self._empty("TtyWinResize", agent_pb2.TtyWinResizeRequest(
+            container_id=container_id, exec_id=exec_id, row=rows, column=columns))
+
+    async def pause_container(self, container_id: str) -> None:
+        await self._empty("PauseContainer", agent_pb2.PauseContainerRequest(container_id=container_id))
+
+    async def resume_container(self, container_id: str) -> None:
+        await self._empty("ResumeContainer", agent_pb2.ResumeContainerRequest(container_id=container_id))
+
+    async def stats_container(self, container_id: str) -> agent_pb2.StatsContainerResponse:
+        """Raw cgroup statistics (kept as protobuf: the shim forwards them as cgroup metrics)."""
+        return await self._call("StatsContainer", agent_pb2.StatsContainerRequest(
+            container_id=container_id), agent_pb2.StatsContainerResponse)
