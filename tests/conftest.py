@@ -114,10 +114,25 @@ def no_leaks() -> Iterator[None]:
         pytest.fail(f"test left resources behind: {leaks}", pytrace=False)
 
 
+def _under_flock_command() -> bool:
+    """Whether an ancestor is ``flock VM_LOCK ...`` (taking the lock again would deadlock)."""
+    pid = os.getpid()
+    while pid > 1:
+        pid = _parent_of(pid)
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        if os.path.basename(argv[0]) == b"flock" and str(VM_LOCK).encode() in argv:
+            return True
+    return False
+
+
 @pytest.fixture(autouse=True)
 def vm_lock(request: pytest.FixtureRequest) -> Iterator[None]:
     """Serialize tests marked ``vm`` or ``e2e`` across processes through an flock."""
-    if request.node.get_closest_marker("vm") is None and request.node.get_closest_marker("e2e") is None:
+    marked = request.node.get_closest_marker("vm") or request.node.get_closest_marker("e2e")
+    if marked is None or _under_flock_command():
         yield
         return
     with VM_LOCK.open("a") as fh:

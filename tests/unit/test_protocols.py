@@ -326,3 +326,17 @@ def test_event_field_numbers() -> None:
         "event": 4,
     }
     assert events_service_pb2.Envelope.DESCRIPTOR.full_name == "containerd.services.events.ttrpc.v1.Envelope"
+
+
+def test_events_use_containerds_bare_type_urls() -> None:
+    from kata.protocols.events import envelope, pack_event, unpack_event_name
+    from kata.protocols.pb import events_task_pb2
+
+    exit_event = events_task_pb2.TaskExit(container_id="c", exit_status=3)
+    packed = pack_event(exit_event)
+    assert packed.type_url == "containerd.events.TaskExit"
+    assert events_task_pb2.TaskExit.FromString(packed.value) == exit_event
+    assert unpack_event_name(packed) == "containerd.events.TaskExit"
+    wrapped = envelope("default", "/tasks/exit", exit_event)
+    assert (wrapped.namespace, wrapped.topic) == ("default", "/tasks/exit")
+    assert wrapped.timestamp.seconds > 0
