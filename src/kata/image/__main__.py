@@ -1,4 +1,4 @@
-"""``python -m kata.image kernel [--flavour cloud|generic]``: fetch the guest kernel into the cache."""
+"""``python -m kata.image kernel|build``: fetch the guest kernel; build the image (as `image build`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,24 @@ from pathlib import Path
 
 from kata.config.schema import GUEST_DIR
 from kata.errors import KataError
+from kata.image.initrd import COMPRESSIONS, DEFAULT_COMPRESSION
 from kata.image.kernel import DEFAULT_CACHE_DIR, FLAVOURS, fetch_kernel, link_guest_kernel
+from kata.image.rootfs import ROOTFS_FORMATS
+
+
+def _build(args: argparse.Namespace) -> int:
+    from kata.image.build import build_guest_image
+    from kata.image.progress import RichReporter
+
+    try:
+        image = build_guest_image(flavour=args.flavour, cache_dir=args.cache_dir, guest_dir=args.guest_dir,
+                                  compression=args.compression, force=args.force,
+                                  rootfs_format=args.rootfs_image, reporter=RichReporter())
+    except KataError as exc:
+        print(f"kata.image: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"initrd {image.initrd.key}: {image.initrd_link} -> {image.initrd.path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     kernel.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     kernel.add_argument("--guest-dir", type=Path, default=Path(GUEST_DIR),
                         help="where the configured kernel path points (default: %(default)s)")
+    build = sub.add_parser("build", help="build the guest initrd (as `kata-runtime image build`)")
+    build.add_argument("--flavour", choices=sorted(FLAVOURS), default="cloud")
+    build.add_argument("--force", action="store_true")
+    build.add_argument("--compression", choices=COMPRESSIONS, default=DEFAULT_COMPRESSION)
+    build.add_argument("--rootfs-image", choices=ROOTFS_FORMATS, default=None)
+    build.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
+    build.add_argument("--guest-dir", type=Path, default=Path(GUEST_DIR))
     args = parser.parse_args(argv)
+    if args.command == "build":
+        return _build(args)
     try:
         fetched = fetch_kernel(args.flavour, args.cache_dir)
         link_guest_kernel(fetched, args.guest_dir)

@@ -1,0 +1,98 @@
+"""Find and open the agent channel: a named virtio-serial port, or a vsock listening socket."""
+
+from __future__ import annotations
+
+import os
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kata.guest.cmdline import GuestOptions
+
+__all__ = ["VIRTIO_PORTS", "Channel", "find_serial_port", "open_channel"]
+
+VIRTIO_PORTS = "/sys/class/virtio-ports"
+POLL_INTERVAL = 0.005
+
+
+class Channel:
+    """The agent's transport to the host.
+
+    ``kind`` "serial": ``fd`` is the open port, one byte stream for the VM's whole life (the host
+    may disconnect and reconnect: reads then return b"" until it is back). ``kind`` "vsock": ``fd``
+    is a listening socket; each host connection is accepted from it.
+    """
+
+    __slots__ = ("address", "fd", "kind")
+
+    def __init__(self, kind: str, fd: int, address: str) -> None:
+        self.kind = kind
+        self.fd = fd
+        self.address = address
+
+    def __repr__(self) -> str:
+        return f"Channel({self.kind!r}, fd={self.fd}, address={self.address!r})"
+
+
+def _named_port(name: str, ports_dir: str) -> str | None:
+    try:
+        entries = os.listdir(ports_dir)
+    except OSError:
+        return None
+    for entry in sorted(entries):
+        try:
+            with open(f"{ports_dir}/{entry}/name", "rb") as fh:
+                if fh.read().strip().decode(errors="replace") == name:
+                    return entry
+        except OSError:
+            continue
+    return None
+
+
+def find_serial_port(name: str, timeout: float, *, ports_dir: str = VIRTIO_PORTS,
+                     dev_dir: str = "/dev") -> str:
+    """The device node (``/dev/vportNpM``) of the virtio-serial port called ``name``.
+
+    The port's name arrives from the host after the device is probed, and devtmpfs creates the
+    node asynchronously, so both are polled for up to ``timeout`` seconds.
+
+    Raises:
+        TimeoutError: when no such port (or node) appears in time.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        entry = _named_port(name, ports_dir)
+        if entry is not None and os.path.exists(f"{dev_dir}/{entry}"):
+            return f"{dev_dir}/{entry}"
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"no virtio-serial port named {name} after {timeout:g} s")
+        time.sleep(POLL_INTERVAL)
+
+
+def _vsock_listener(port: int, timeout: float) -> int:
+    import socket  # only vsock guests pay for the socket module
+
+    deadline = time.monotonic() + timeout
+    while not os.path.exists("/dev/vsock"):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"no /dev/vsock after {timeout:g} s (no vsock device or module?)")
+        time.sleep(POLL_INTERVAL)
+    sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    sock.bind((socket.VMADDR_CID_ANY, port))
+    sock.listen(16)
+    return sock.detach()
+
+
+def open_channel(options: GuestOptions) -> Channel:
+    """Open the channel the command line asks for (default: the ``agent.channel.0`` serial port).
+
+    Raises:
+        TimeoutError: when the device does not appear within ``options.channel_timeout``.
+        OSError: when it cannot be opened.
+    """
+    if options.channel_kind == "vsock":
+        port = int(options.channel_name)
+        return Channel("vsock", _vsock_listener(port, options.channel_timeout), f"vsock://-1:{port}")
+    path = find_serial_port(options.channel_name, options.channel_timeout)
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)
+    return Channel("serial", fd, f"serial://{options.channel_name} ({path})")

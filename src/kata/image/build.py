@@ -1,0 +1,49 @@
+"""`image build`: fetch the kernel, build (or reuse) the initrd and point the configured paths at them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kata.image.initrd import DEFAULT_COMPRESSION, INITRD_NAME, InitrdBuild, build_initrd, link_initrd
+from kata.image.kernel import KernelArtifacts, fetch_kernel, link_guest_kernel
+from kata.image.progress import Reporter
+
+__all__ = ["GuestImage", "build_guest_image"]
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    """The kernel and initrd a build produced, and the rootfs image when one was asked for."""
+
+    kernel: KernelArtifacts
+    initrd: InitrdBuild
+    initrd_link: Path
+    rootfs: Path | None = None
+
+
+def build_guest_image(*, flavour: str, cache_dir: Path, guest_dir: Path,
+                      compression: str = DEFAULT_COMPRESSION, force: bool = False,
+                      rootfs_format: str | None = None,
+                      reporter: Reporter | None = None) -> GuestImage:
+    """Fetch the ``flavour`` kernel, build its initrd, and link both into ``guest_dir``.
+
+    The kernel and initrd are linked together: the initrd's modules only load into its own kernel.
+
+    Raises:
+        ImageError: when fetching or building fails.
+    """
+    report = reporter or Reporter()
+    with report.step("guest kernel") as step:
+        kernel = fetch_kernel(flavour, cache_dir)
+        step.detail = f"{kernel.release} ({kernel.package} {kernel.version})"
+    initrd = build_initrd(kernel, cache_dir, compression=compression, force=force, reporter=report)
+    rootfs = None
+    if rootfs_format is not None:
+        from kata.image.rootfs import build_rootfs_image
+
+        rootfs = build_rootfs_image(kernel, cache_dir, rootfs_format, force=force, reporter=report)
+    link_guest_kernel(kernel, guest_dir)
+    link = guest_dir / INITRD_NAME
+    link_initrd(initrd, link)
+    return GuestImage(kernel, initrd, link, rootfs)

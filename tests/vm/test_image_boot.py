@@ -1,0 +1,51 @@
+"""Boot the built guest image under QEMU (TCG): PID-1 init runs, the agent answers, the VM powers off."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kata.image.bootcheck import BootedVm, boot_and_ping, qemu_argv
+from kata.image.initrd import InitrdBuild, build_initrd
+from kata.image.kernel import DEFAULT_CACHE_DIR, KernelArtifacts, fetch_kernel
+
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86"),
+]
+
+
+@pytest.fixture(scope="module")
+def image() -> tuple[KernelArtifacts, InitrdBuild]:
+    """The cloud kernel and its initrd, built once (or reused from the shared cache)."""
+    kernel = fetch_kernel("cloud", DEFAULT_CACHE_DIR)
+    return kernel, build_initrd(kernel, DEFAULT_CACHE_DIR)
+
+
+def test_boot_ping_and_power_off(image: tuple[KernelArtifacts, InitrdBuild], tmp_path: Path) -> None:
+    kernel, initrd = image
+    report = boot_and_ping(kernel.vmlinux, initrd.path, tmp_path, timeout=90, sandbox_id="sb-test-1")
+    # boot_and_ping returns once QEMU has exited by itself (it raises after 10 s otherwise).
+    assert report.exit_code == 0
+    assert report.to_exit - report.to_pong < 5
+    init_lines = [line for line in report.console.splitlines() if 'msg="kata guest init"' in line]
+    assert len(init_lines) == 1, report.console
+    assert f"kernel={kernel.release}" in init_lines[0] and "pid=1 " in init_lines[0]
+    assert f"image={initrd.key}" in init_lines[0]
+    assert 'msg="agent channel open"' in report.console
+    after = report.console.split('msg="sandbox id set"')[1]
+    assert "sandbox=sb-test-1" in after and 'msg="powering off"' in after
+    assert "level=error" not in report.console, report.console
+
+
+def test_qemu_is_killed_when_the_test_fails(image: tuple[KernelArtifacts, InitrdBuild],
+                                            tmp_path: Path) -> None:
+    kernel, initrd = image
+    sock = tmp_path / "agent.sock"
+    argv = qemu_argv(kernel.vmlinux, initrd.path, console_log=tmp_path / "console.log", agent_socket=sock)
+    with pytest.raises(RuntimeError), BootedVm(argv) as vm:
+        vm.connect(sock, 30).close()
+        raise RuntimeError("test failed while the guest boots")
+    assert vm.process is not None and vm.process.poll() is not None
