@@ -10,9 +10,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static lz4 erofs-utils e2fsprogs cpio kmod \
 	python3.11 containerd runc containernetworking-plugins podman iproute2 tmux
 
-.PHONY: setup apt venv kernel test lint demo protos clean
+.PHONY: setup apt venv image test lint demo protos clean
 
-setup: apt venv kernel
+setup: apt venv image
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do \
@@ -30,10 +30,11 @@ $(STAMPS)/venv: pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
-# The guest kernel (Debian linux-image-cloud-amd64, unpacked into /var/cache/pykata, never installed).
-kernel: apt venv
+# The guest kernel (Debian linux-image-cloud-amd64, unpacked into /var/cache/pykata, never installed)
+# and the initrd with the agent; cached by a hash of their inputs, rebuilt only when those change.
+image: apt venv
 	@apt-cache show --no-all-versions linux-image-cloud-amd64 >/dev/null 2>&1 || apt-get update -qq
-	$(PY) -m kata.image kernel
+	$(VENV)/bin/kata-runtime image build --quiet
 
 lint: venv
 	$(VENV)/bin/ruff check src tests tools bench

@@ -15,7 +15,7 @@ from kata.hypervisor.accel import DEFAULT_CACHE_FILE, choose_accelerator, probe_
 
 __all__ = ["CheckResult", "Status", "is_capable", "run_checks"]
 
-SETUP_HINT = "run `make setup` (or `python -m kata.image kernel`)"
+SETUP_HINT = "run `make setup` (or `kata-runtime image build`)"
 
 
 class Status(enum.Enum):
@@ -59,10 +59,9 @@ def check_image(config: Config) -> CheckResult:
     chosen = hv.image or hv.initrd
     if chosen and Path(chosen).is_file():
         return CheckResult("guest image", Status.OK, chosen)
-    # Until the image builder lands this is a warning: nothing can boot a sandbox yet anyway.
-    return CheckResult("guest image", Status.WARN,
+    return CheckResult("guest image", Status.FAIL,
                        f"{chosen or 'no initrd or image configured'} is missing: build it with "
-                       "`kata-runtime image build` (not implemented yet)")
+                       "`kata-runtime image build` (or `make setup`)")
 
 
 def check_kvm(_: Config) -> CheckResult:
