@@ -1,0 +1,38 @@
+"""How the runtime learns that a child it forked exited: the ChildWatcher seam and a host-mode watcher."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["ChildWatcher", "ThreadWatcher"]
+
+
+class ChildWatcher(Protocol):
+    """Calls ``callback(pid, exit_code)`` once ``pid`` (a direct child) exits.
+
+    ``exit_code`` is negative (-signal) for a child killed by a signal, as in subprocess. In the guest
+    this is kata.guest.reaper.Reaper (the only code allowed to call waitpid); the callback may then run
+    inside a signal handler, so the runtime's callbacks only store the code and write to a pipe.
+    """
+
+    def watch(self, pid: int, callback: Callable[[int, int], None]) -> None:
+        """Arrange for ``callback`` to be called when ``pid`` exits (at once if it already has)."""
+
+
+class ThreadWatcher:
+    """Host mode: one daemon thread per child blocked in waitpid() on that pid only."""
+
+    def watch(self, pid: int, callback: Callable[[int, int], None]) -> None:
+        """Wait for ``pid`` in a new thread and call ``callback(pid, exit_code)`` from it."""
+        threading.Thread(target=self._wait, args=(pid, callback), name=f"wait-{pid}", daemon=True).start()
+
+    @staticmethod
+    def _wait(pid: int, callback: Callable[[int, int], None]) -> None:
+        _, status = os.waitpid(pid, 0)
+        callback(pid, os.waitstatus_to_exitcode(status))
