@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from kata.errors import HypervisorError
-from kata.image.bootcheck import BootedVm, boot_and_ping, boot_bare, qemu_argv, write_bare_initrd
+from kata.image.bootcheck import BootedVm, boot_and_check, boot_bare, qemu_argv, write_bare_initrd
 from kata.image.cpio import CpioWriter
 from kata.image.initrd import COMPRESSIONS, build_initrd
 from kata.image.kernel import DEFAULT_CACHE_DIR, KernelArtifacts, fetch_kernel
@@ -118,13 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         for run in range(args.runs):
             bare_times.append(_retry(functools.partial(boot_bare, kernel.vmlinux, bare, work)))
             for compression, build in variants.items():
-                report = _retry(functools.partial(boot_and_ping, kernel.vmlinux, build.path, work))
-                pong[compression].append(report.to_pong)
+                report = _retry(functools.partial(boot_and_check, kernel.vmlinux, build.path, work))
+                pong[compression].append(report.to_ready)
                 exits[compression].append(report.to_exit)
             print(f"round {run + 1}/{args.runs} done", file=sys.stderr)
         base = statistics.median(bare_times)
         print(f"kernel {kernel.release}, q35 + PVH vmlinux, TCG, {args.runs} boots each (median (min-max))\n")
-        print("| initrd | size | launch to PONG | PONG / bare | launch to QEMU exit |")
+        print("| initrd | size | launch to agent ready | ready / bare | launch to QEMU exit |")
         print("|---|---|---|---|---|")
         print(f"| bare busybox, /init powers off | {bare.stat().st_size / 1e6:.1f} MB | - | 1.00 | "
               f"{_median(bare_times)} |")

@@ -1,4 +1,4 @@
-"""Pure parts of the guest's PID 1: command line, console log, channel lookup, reaper, stand-in agent."""
+"""Pure parts of the guest's PID 1: command line, console log, channel lookup, reaper."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kata.guest import modules as guest_modules
-from kata.guest.agent import GuestContext, handle_line
+from kata.guest.agent import GuestContext
 from kata.guest.channel import find_serial_port
 from kata.guest.cmdline import GuestOptions, parse_cmdline, parse_server_addr
 from kata.guest.init import IMAGE_INFO, read_image_info
@@ -52,22 +52,15 @@ def test_malformed_server_addr(addr: str) -> None:
 def test_log_lines_carry_the_sandbox_id_once_known(tmp_path: Path) -> None:
     context, out = _context(tmp_path)
     context.log.info("before", kernel="6.1.0")
-    handle_line(b"SANDBOX sb-1234\n", context)
+    context.log.sandbox_id = "sb-1234"  # what CreateSandbox does
     context.log.debug("hidden")
     context.log.warning("after", error="two words")
     lines = out.read_text().splitlines()
     assert "sandbox=" not in lines[0] and "kernel=6.1.0" in lines[0] and "level=info" in lines[0]
     assert all("sandbox=sb-1234" in line for line in lines[1:])
     assert lines[-1].endswith('msg=after error="two words"')
-    assert len(lines) == 3
+    assert len(lines) == 2
 
-
-def test_stand_in_protocol(tmp_path: Path) -> None:
-    context, _ = _context(tmp_path)
-    reply, stop = handle_line(b"PING", context)
-    assert reply.startswith(b"PONG ") and float(reply.split()[1]) > 0 and not stop
-    assert handle_line(b"NOPE", context) == (b"ERR unknown command\n", False)
-    assert handle_line(b"POWEROFF", context) == (b"BYE\n", True)
 
 
 def test_find_serial_port_waits_for_the_name_and_node(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kata.image.bootcheck import BootedVm, boot_and_ping, qemu_argv
+from kata.image.bootcheck import BootedVm, boot_and_check, qemu_argv
 from kata.image.initrd import InitrdBuild, build_initrd
 from kata.image.kernel import DEFAULT_CACHE_DIR, KernelArtifacts, fetch_kernel
 
@@ -24,18 +24,18 @@ def image() -> tuple[KernelArtifacts, InitrdBuild]:
     return kernel, build_initrd(kernel, DEFAULT_CACHE_DIR)
 
 
-def test_boot_ping_and_power_off(image: tuple[KernelArtifacts, InitrdBuild], tmp_path: Path) -> None:
+def test_boot_check_sandbox_and_power_off(image: tuple[KernelArtifacts, InitrdBuild], tmp_path: Path) -> None:
     kernel, initrd = image
-    report = boot_and_ping(kernel.vmlinux, initrd.path, tmp_path, timeout=90, sandbox_id="sb-test-1")
-    # boot_and_ping returns once QEMU has exited by itself (it raises after 10 s otherwise).
+    report = boot_and_check(kernel.vmlinux, initrd.path, tmp_path, timeout=90, sandbox_id="sb-test-1")
+    # boot_and_check returns once QEMU has exited by itself (it raises after 10 s otherwise).
     assert report.exit_code == 0
-    assert report.to_exit - report.to_pong < 5
+    assert report.to_exit - report.to_ready < 5
     init_lines = [line for line in report.console.splitlines() if 'msg="kata guest init"' in line]
     assert len(init_lines) == 1, report.console
     assert f"kernel={kernel.release}" in init_lines[0] and "pid=1 " in init_lines[0]
     assert f"image={initrd.key}" in init_lines[0]
     assert 'msg="agent channel open"' in report.console
-    after = report.console.split('msg="sandbox id set"')[1]
+    after = report.console.split('msg="sandbox created"')[1]
     assert "sandbox=sb-test-1" in after and 'msg="powering off"' in after
     assert "level=error" not in report.console, report.console
 

@@ -12,12 +12,13 @@ import sys
 import time
 
 from kata.guest import linux
-from kata.guest.agent import GuestContext, serve
+from kata.guest.agent import GuestContext
 from kata.guest.channel import open_channel
 from kata.guest.cmdline import parse_cmdline
 from kata.guest.log import GuestLog
 from kata.guest.modules import ModuleLoader
 from kata.guest.reaper import Reaper
+from kata.guest.server import serve
 
 __all__ = ["IMAGE_INFO", "MOUNTS", "main"]
 

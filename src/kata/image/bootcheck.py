@@ -1,18 +1,20 @@
-"""Boot an image once under QEMU and time it: launch to the agent's PONG, or to a bare guest's power-off.
+"""Boot an image once under QEMU and time it: launch to the agent's first Health.Check answer, or to
+a bare guest's power-off.
 
-Used by the VM tests and bench/boot_ratio.py. Speaks the stand-in agent's line protocol
-(kata.guest.agent); QEMU's argv is a pure function, the process is handled in one place.
+Used by the VM tests and bench/boot_ratio.py. Talks ttRPC to the agent (Check, CreateSandbox,
+DestroySandbox); QEMU's argv is a pure function, the process is handled in one place.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,7 @@ __all__ = [
     "TCG_CPU",
     "BootReport",
     "BootedVm",
-    "boot_and_ping",
+    "boot_and_check",
     "boot_bare",
     "qemu_argv",
     "write_bare_initrd",
@@ -131,44 +133,47 @@ class BootedVm:
 class BootReport:
     """Timings of one boot (host wall clock from QEMU's launch) and the guest's console output."""
 
-    to_pong: float
+    to_ready: float
     to_exit: float
-    guest_uptime_at_pong: float
     exit_code: int
     console: str
 
 
-def _request(stream: socket.socket, reader: Iterator[bytes], line: bytes) -> bytes:
-    stream.sendall(line)
-    return next(reader)
+async def _talk(vm: BootedVm, sock_path: Path, sandbox_id: str, timeout: float) -> float:
+    """Check until SERVING (the ready time), then CreateSandbox and DestroySandbox (power off)."""
+    from kata.agent import AgentClient, SandboxRequest
+
+    stream = await asyncio.to_thread(vm.connect, sock_path, timeout)
+    stream.setblocking(False)
+    from kata.ttrpc.aio import connect_socket
+
+    client = AgentClient(await connect_socket(stream), url=f"unix://{sock_path}")
+    try:
+        await client.wait_ready(timeout)
+        ready = vm.elapsed()
+        await client.create_sandbox(SandboxRequest(sandbox_id=sandbox_id or "bootcheck"))
+        await client.destroy_sandbox()
+    finally:
+        await client.close()
+    return ready
 
 
-def boot_and_ping(kernel: Path, initrd: Path, workdir: Path, *, timeout: float = 60.0,
-                  extra_cmdline: str = "", sandbox_id: str = "") -> BootReport:
-    """Boot, wait for ``PONG``, optionally set the sandbox id, send ``POWEROFF``, wait for QEMU to exit.
+def boot_and_check(kernel: Path, initrd: Path, workdir: Path, *, timeout: float = 60.0,
+                   extra_cmdline: str = "", sandbox_id: str = "") -> BootReport:
+    """Boot, wait for the agent's Health.Check, create and destroy a sandbox, wait for QEMU to exit.
 
     Raises:
-        HypervisorError: when QEMU fails, the agent answers wrongly, or the guest does not power off.
+        HypervisorError: when QEMU fails or the guest does not power off.
+        AgentError, RpcError: when the agent does not answer or answers wrongly.
     """
     sock_path, console = workdir / "agent.sock", workdir / "console.log"
     sock_path.unlink(missing_ok=True)
     argv = qemu_argv(kernel, initrd, console_log=console, agent_socket=sock_path, extra_cmdline=extra_cmdline)
     with BootedVm(argv) as vm:
-        with vm.connect(sock_path, timeout) as stream:
-            stream.settimeout(timeout)
-            reader = iter(stream.makefile("rb"))
-            pong = _request(stream, reader, b"PING\n")
-            to_pong = vm.elapsed()
-            if not pong.startswith(b"PONG "):
-                raise HypervisorError(f"agent answered {pong!r} to PING")
-            if sandbox_id and _request(stream, reader, f"SANDBOX {sandbox_id}\n".encode()) != b"OK\n":
-                raise HypervisorError("agent did not accept the sandbox id")
-            bye = _request(stream, reader, b"POWEROFF\n")
-            if bye != b"BYE\n":
-                raise HypervisorError(f"agent answered {bye!r} to POWEROFF")
+        to_ready = asyncio.run(_talk(vm, sock_path, sandbox_id, timeout))
         code = vm.wait_exit(10.0)
         to_exit = vm.elapsed()
-    return BootReport(to_pong, to_exit, float(pong.split()[1]), code, console.read_text(errors="replace"))
+    return BootReport(to_ready, to_exit, code, console.read_text(errors="replace"))
 
 
 def write_bare_initrd(path: Path, busybox: Path = BUSYBOX) -> None:

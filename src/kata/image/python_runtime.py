@@ -43,7 +43,7 @@ STDLIB_DIR = Path("/usr/lib/python3.11")
 AGENT_LIB_DIR = Path("/usr/lib/kata-agent")
 ENTRY_MODULE = "kata.guest.init"
 # Parts of the kata package copied into the guest (relative to the package directory).
-KATA_GUEST_PARTS = ("__init__.py", "errors.py", "guest", "ttrpc", "protocols")
+KATA_GUEST_PARTS = ("__init__.py", "errors.py", "guest", "ttrpc", "protocols", "oci")
 PROTOBUF_PARTS = ("google/protobuf", "google/_upb")
 SKIPPED_DIRS = frozenset({"__pycache__", "testdata"})
 # Importing these costs too much under TCG (asyncio: ~0.6 s); a guest module that does is unusable.

@@ -48,7 +48,7 @@ def cgroup_path(root: str, container_id: str, cgroups_path: str) -> str:
         relative = _expand_slice(slice_name or "system.slice") + f"/{prefix}-{name}.scope"
     else:
         relative = cgroups_path
-    if escapes(relative.lstrip("/")):
+    if escapes(relative.lstrip("/")) or clean_path(relative) == "/":
         raise OciError(f"linux.cgroupsPath: {cgroups_path} escapes the cgroup root")
     return root.rstrip("/") + clean_path(relative)
 

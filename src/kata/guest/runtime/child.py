@@ -21,7 +21,7 @@ from kata.guest.runtime.identity import (
     reset_signals,
     write_oom_score_adj,
 )
-from kata.guest.runtime.rootfs import mask_paths, prepare_rootfs, switch_root
+from kata.guest.runtime.rootfs import finish_rootfs, prepare_rootfs, switch_root
 from kata.guest.runtime.stdio import TIOCSCTTY
 
 TYPE_CHECKING = False
@@ -144,7 +144,7 @@ def _run_init(plan: ContainerPlan, fds: ChildFds, console: str | None, no_pivot:
         os.umask(0)
         prepare_rootfs(plan.rootfs, console, process.cwd)
         switch_root(plan.rootfs.path, no_pivot=no_pivot)
-        mask_paths(plan.rootfs.masked_paths, plan.rootfs.readonly_paths, plan.rootfs.readonly)
+        finish_rootfs(plan.rootfs)
         phase = "process"
         seccomp = _identity(process, plan.seccomp)
         _report(fds.status, "R")

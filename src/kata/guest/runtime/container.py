@@ -151,6 +151,19 @@ class Container:
             if process is not None:
                 self._execs[exec_id] = process
 
+    def release_if_done(self, process: ContainerProcess) -> None:
+        """Forget an exec'd process once it was waited for and its output read to EOF.
+
+        Kata's agent forgets it at WaitProcess; a probe exec'd every few seconds must not leak fds.
+        """
+        if process is self.init or not (process.waited and process.stdio.drained):
+            return
+        with self.lock:
+            if self._execs.get(process.exec_id) is not process:
+                return  # another thread released it
+            del self._execs[process.exec_id]
+        process.close()
+
     def signal(self, exec_id: str, number: int) -> None:
         """Signal one process, or with ``exec_id`` "" init and then every process of the container.
 

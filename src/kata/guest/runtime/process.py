@@ -79,6 +79,7 @@ class ContainerProcess:
         self.stdio = stdio
         self.latch = latch
         self._state = state
+        self.waited = False  # wait_process returned its status
 
     @property
     def state(self) -> ProcessState:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from kata.guest.runtime.mountopts import MountStep
     from kata.guest.runtime.plan import RootfsPlan
 
-__all__ = ["mask_paths", "prepare_rootfs", "switch_root"]
+__all__ = ["finish_rootfs", "mount_point_of", "prepare_rootfs", "switch_root"]
 
 # (name, major, minor) of the nodes every container gets in a runtime-made /dev (runc's list).
 DEFAULT_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9),
@@ -52,6 +52,9 @@ def prepare_rootfs(plan: RootfsPlan, console: str | None, cwd: str) -> None:
         OSError: naming the failing mount or path.
     """
     sc.mount(None, "/", None, plan.propagation)
+    if plan.propagation & sc.MS_SHARED:
+        # pivot_root refuses a new root whose parent mount is shared (runc: rootfsParentMountPrivate).
+        sc.mount(None, mount_point_of(plan.path), None, sc.MS_PRIVATE)
     sc.mount(plan.path, plan.path, None, sc.MS_BIND | sc.MS_REC)
     readonly_later = []
     for step in plan.mounts:
@@ -71,6 +74,25 @@ def prepare_rootfs(plan: RootfsPlan, console: str | None, cwd: str) -> None:
     os.makedirs(inside(plan.path, cwd), mode=0o755, exist_ok=True)
     for target, flags in readonly_later:
         sc.mount(target, target, None, flags | sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
+
+
+def mount_point_of(path: str) -> str:
+    """The mount point of the mount ``path`` lies on (/proc/self/mountinfo, longest prefix)."""
+    with open("/proc/self/mountinfo") as fh:
+        points = [_unescape(line.split()[4]) for line in fh]
+    best = "/"
+    for point in points:
+        inside_point = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside_point and len(point) > len(best):
+            best = point
+    return best
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    for code in ("040", "011", "012", "134"):
+        field = field.replace("\\" + code, chr(int(code, 8)))
+    return field
 
 
 def mount_step(root: str, step: MountStep) -> str:
@@ -183,26 +205,28 @@ def switch_root(root: str, *, no_pivot: bool) -> None:
     os.chdir("/")
 
 
-def mask_paths(masked: tuple[str, ...], readonly: tuple[str, ...], readonly_root: bool) -> None:
-    """After switch_root: hide masked paths, bind read-only paths read-only, then the root.
+def finish_rootfs(plan: RootfsPlan) -> None:
+    """After switch_root: root propagation, read-only and masked paths, then a read-only root.
 
     Raises:
         OSError: naming the path.
     """
-    for path in readonly:
+    # runc applies the propagation to the new "/" too: only now is it the container's own mount.
+    sc.mount(None, "/", None, plan.propagation)
+    for path in plan.readonly_paths:
         try:
             sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
         except FileNotFoundError:
             continue
         keep = os.statvfs(path).f_flag & _KEEP_FLAGS
         sc.mount(path, path, None, keep | sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
-    for path in masked:
+    for path in plan.masked_paths:
         try:
             sc.mount("/dev/null", path, None, sc.MS_BIND)
         except FileNotFoundError:
             continue
         except NotADirectoryError:
             sc.mount("tmpfs", path, "tmpfs", sc.MS_RDONLY)
-    if readonly_root:
+    if plan.readonly:
         keep = os.statvfs("/").f_flag & _KEEP_FLAGS
         sc.mount(None, "/", None, keep | sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)

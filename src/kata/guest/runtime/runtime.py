@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 
-from kata.errors import OciError
+from kata.errors import KataError, OciError
 from kata.guest.log import GuestLog
 from kata.guest.runtime.cgroups import Cgroup, cgroup_path
 from kata.guest.runtime.container import Container, ContainerInfo, ProcessInfo
@@ -76,9 +76,10 @@ class ContainerRuntime:
             SetupError: naming the step that failed in the child (nothing is left behind).
             RuntimeClosedError: after close().
         """
-        if not _ID.fullmatch(container_id):
-            raise OciError(f"container id {container_id!r}: must match {_ID.pattern}")
+        if not _ID.fullmatch(container_id) or container_id in (".", ".."):
+            raise OciError(f"container id {container_id!r}: must match {_ID.pattern}, not . or ..")
         plan = plan_container(container_id, spec, sandbox_netns=sandbox_netns)
+        self._note_ignored(container_id, spec)
         self._claim(container_id)
         try:
             container = self._launch(plan, spec)
@@ -89,6 +90,21 @@ class ContainerRuntime:
                 self._busy.discard(container_id)
         self.log.info("container created", container=container_id, pid=container.init.pid)
         return container.info()
+
+    def _note_ignored(self, container_id: str, spec: Spec) -> None:
+        """Say which spec fields the guest leaves to others or cannot honour (see docs/guest-runtime.md)."""
+        ignored = []
+        if spec.hooks is not None and any(vars(spec.hooks).values()):
+            ignored.append("hooks (run by the host runtime)")
+        if spec.process is not None and (spec.process.apparmor_profile or spec.process.selinux_label):
+            ignored.append("process.apparmorProfile/selinuxLabel (no LSM in the guest)")
+        linux = spec.linux
+        if linux is not None and linux.resources is not None and linux.resources.devices:
+            ignored.append("linux.resources.devices (no device cgroup in the guest)")
+        if linux is not None and (linux.intel_rdt is not None or linux.mount_label):
+            ignored.append("linux.intelRdt/mountLabel")
+        if ignored:
+            self.log.debug("spec fields ignored in the guest", container=container_id, fields=", ".join(ignored))
 
     def _claim(self, container_id: str) -> None:
         with self._lock:
@@ -167,15 +183,21 @@ class ContainerRuntime:
     def wait_process(self, container_id: str, exec_id: str, timeout: float | None = None) -> int:
         """Block until the process exits; its exit status (128+signal when killed).
 
+        An exec'd process is forgotten once waited for and its stdout and stderr read to EOF.
+
         Raises:
             ContainerNotFoundError, ProcessNotFoundError: for unknown ids.
             TimeoutError: when ``timeout`` seconds pass first.
         """
-        status = self._process(container_id, exec_id).latch.wait(timeout)
+        container = self._get(container_id)
+        process = container.process(exec_id)
+        status = process.latch.wait(timeout)
         if status is None:
             raise TimeoutError(f"wait process {exec_id!r} of container {container_id}: still running")
-        if exec_id in ("", container_id):
+        if process is container.init:
             self._oom.check()
+        process.waited = True
+        container.release_if_done(process)
         return status
 
     def read_stdout(self, container_id: str, exec_id: str, size: int) -> bytes:
@@ -184,7 +206,12 @@ class ContainerRuntime:
         Raises:
             ContainerNotFoundError, ProcessNotFoundError: for unknown ids.
         """
-        return self._process(container_id, exec_id).stdio.read_stdout(size)
+        container = self._get(container_id)
+        process = container.process(exec_id)
+        data = process.stdio.read_stdout(size)
+        if not data:
+            container.release_if_done(process)
+        return data
 
     def read_stderr(self, container_id: str, exec_id: str, size: int) -> bytes:
         """Up to ``size`` bytes of standard error (b"" at EOF, at once for a terminal).
@@ -192,7 +219,12 @@ class ContainerRuntime:
         Raises:
             ContainerNotFoundError, ProcessNotFoundError: for unknown ids.
         """
-        return self._process(container_id, exec_id).stdio.read_stderr(size)
+        container = self._get(container_id)
+        process = container.process(exec_id)
+        data = process.stdio.read_stderr(size)
+        if not data:
+            container.release_if_done(process)
+        return data
 
     def write_stdin(self, container_id: str, exec_id: str, data: bytes) -> int:
         """Write all of ``data`` to the process's stdin; returns its length.
@@ -340,11 +372,19 @@ class ContainerRuntime:
         """Remove every container (SIGKILL) and stop the OOM monitor; later creates fail.
 
         Raises:
-            RemoveTimeoutError: when a container's processes outlive ``timeout``.
+            RemoveTimeoutError, CgroupError: the first container that could not be removed (the
+                others are still removed).
         """
         with self._lock:
             self._closed = True
+        failure: BaseException | None = None
         for container_id in self.container_ids():
-            self.remove_container(container_id, timeout)
+            try:
+                self.remove_container(container_id, timeout)
+            except KataError as exc:
+                self.log.error("remove container failed", container=container_id, error=str(exc))
+                failure = failure or exc
         self._oom.close()
+        if failure is not None:
+            raise failure
 

@@ -57,6 +57,8 @@ class Stdio:
     def __init__(self, terminal: bool, console_size: tuple[int, int] | None = None) -> None:
         self.terminal = terminal
         self._stdin_closed = False
+        self.stdout_eof = False
+        self.stderr_eof = terminal  # a terminal has no separate stderr
         if terminal:
             master, slave = os.openpty()
             self.console_path: str | None = os.ttyname(slave)
@@ -75,6 +77,11 @@ class Stdio:
         self._stdout = _SharedFd(stdout_r)
         self._stderr = _SharedFd(stderr_r)
 
+    @property
+    def drained(self) -> bool:
+        """Whether reads reached EOF on stdout and stderr."""
+        return self.stdout_eof and self.stderr_eof
+
     def close_child_ends(self) -> None:
         """Close the agent's copies of the child's ends, so EOF comes when the process is done."""
         for fd in set(self.child_fds):
@@ -84,11 +91,17 @@ class Stdio:
 
     def read_stdout(self, size: int) -> bytes:
         """Up to ``size`` bytes of output (the terminal's, with a pty); b"" only at EOF."""
-        return self._read(self._stdout, size)
+        data = self._read(self._stdout, size)
+        if not data:
+            self.stdout_eof = True
+        return data
 
     def read_stderr(self, size: int) -> bytes:
         """Up to ``size`` bytes of standard error; b"" at EOF (at once with a terminal)."""
-        return b"" if self._stderr is None else self._read(self._stderr, size)
+        data = b"" if self._stderr is None else self._read(self._stderr, size)
+        if not data:
+            self.stderr_eof = True
+        return data
 
     def _read(self, shared: _SharedFd, size: int) -> bytes:
         fd = shared.acquire()
