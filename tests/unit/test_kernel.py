@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lzma
 import subprocess
 from pathlib import Path
 
@@ -39,9 +40,24 @@ def test_vmlinux_is_the_lz4_payload(tmp_path: Path) -> None:
     assert (tmp_path / "vmlinux").read_bytes() == elf
 
 
-def test_non_lz4_kernel_is_refused(tmp_path: Path) -> None:
+def test_uncompressed_or_unknown_payload_is_refused(tmp_path: Path) -> None:
     bzimage = tmp_path / "vmlinuz"
-    bzimage.write_bytes(fake_bzimage(b"6.1.0") + b"\xfd7zXZ" + bytes(64))
+    bzimage.write_bytes(fake_bzimage(b"6.1.0") + b"\x1f\x8b" + bytes(64))
     with pytest.raises(ImageError, match="no LZ4 payload"):
         extract_vmlinux(bzimage, tmp_path / "vmlinux")
     assert not (tmp_path / "vmlinux").exists()
+
+
+def test_vmlinux_from_an_xz_payload(tmp_path: Path) -> None:
+    elf = b"\x7fELF" + bytes(range(256)) * 64
+    bzimage = tmp_path / "vmlinuz"
+    bzimage.write_bytes(fake_bzimage(b"6.1.0") + lzma.compress(elf, format=lzma.FORMAT_XZ) + b"setup tail")
+    extract_vmlinux(bzimage, tmp_path / "vmlinux")
+    assert (tmp_path / "vmlinux").read_bytes() == elf
+
+
+def test_corrupt_xz_payload_is_refused(tmp_path: Path) -> None:
+    bzimage = tmp_path / "vmlinuz"
+    bzimage.write_bytes(fake_bzimage(b"6.1.0") + b"\xfd7zXZ\x00" + bytes(64))
+    with pytest.raises(ImageError, match="cannot decompress the XZ payload"):
+        extract_vmlinux(bzimage, tmp_path / "vmlinux")

@@ -36,8 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(ctx: CliContext, args: argparse.Namespace) -> int:
     del ctx
-    from kata.config.schema import GUEST_DIR
-    from kata.image.build import build_guest_image
+    from kata.image.build import build_guest_image, guest_dir_for
     from kata.image.initrd import DEFAULT_COMPRESSION
     from kata.image.kernel import DEFAULT_CACHE_DIR
     from kata.image.progress import Reporter, RichReporter
@@ -45,7 +44,7 @@ def run(ctx: CliContext, args: argparse.Namespace) -> int:
     reporter = Reporter() if args.quiet else RichReporter()
     image = build_guest_image(
         flavour=args.flavour, cache_dir=args.cache_dir or DEFAULT_CACHE_DIR,
-        guest_dir=args.guest_dir or Path(GUEST_DIR), compression=args.compression or DEFAULT_COMPRESSION,
+        guest_dir=args.guest_dir or guest_dir_for(args.flavour), compression=args.compression or DEFAULT_COMPRESSION,
         force=args.force, rootfs_format=args.rootfs_image, reporter=reporter)
     state = "cached" if image.initrd.cached else "built"
     print(f"kernel {image.kernel.release}: {image.kernel.vmlinux}")

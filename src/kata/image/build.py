@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from kata.config.schema import GUEST_DIR
 from kata.image.initrd import DEFAULT_COMPRESSION, INITRD_NAME, InitrdBuild, build_initrd, link_initrd
 from kata.image.kernel import KernelArtifacts, fetch_kernel, link_guest_kernel
 from kata.image.progress import Reporter
@@ -20,6 +21,12 @@ class GuestImage:
     initrd: InitrdBuild
     initrd_link: Path
     rootfs: Path | None = None
+
+
+def guest_dir_for(flavour: str) -> Path:
+    """Where a flavour's kernel and initrd are linked: the configured defaults for ``cloud``,
+    ``/var/cache/pykata/guest-<flavour>`` for others (e.g. ``generic``, which has 9p)."""
+    return Path(GUEST_DIR) if flavour == "cloud" else Path(f"{GUEST_DIR}-{flavour}")
 
 
 def build_guest_image(*, flavour: str, cache_dir: Path, guest_dir: Path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import lzma
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("KATA_CACHE_DIR", "/var/cache/pykata"))
 # Flavour -> Debian metapackage that depends on the current kernel of that flavour.
 FLAVOURS = {"cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
 LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
+XZ_MAGIC = b"\xfd7zXZ\x00"
 ELF_MAGIC = b"\x7fELF"
 # bzImage setup header: offset of the kernel_version pointer (relative to 0x200).
 KERNEL_VERSION_FIELD = 0x20E
@@ -99,26 +101,43 @@ def kernel_release_of(bzimage: bytes) -> str:
     return bzimage[pointer:end].decode("ascii", "replace").split()[0]
 
 
+def _extract_xz(data: bytes, start: int, tmp: Path) -> None:
+    # The XZ stream is followed by setup bytes: a decompressor object stops at its end.
+    tmp.write_bytes(lzma.LZMADecompressor().decompress(data[start:]))
+
+
 def extract_vmlinux(bzimage: Path, out: Path) -> None:
-    """Write the ELF vmlinux inside an LZ4-compressed bzImage to ``out`` (for PVH boot).
+    """Write the ELF vmlinux inside an LZ4- (cloud) or XZ- (generic) compressed bzImage to ``out``.
 
     Raises:
-        ImageError: when the payload is not LZ4 or does not decompress to an ELF file.
+        ImageError: when the payload is neither or does not decompress to an ELF file.
     """
     data = bzimage.read_bytes()
     start = data.find(LZ4_LEGACY_MAGIC)
+    xz_start = data.find(XZ_MAGIC)
+    tmp = out.with_suffix(".part")
+    if xz_start >= 0 and (start < 0 or xz_start < start):
+        try:
+            _extract_xz(data, xz_start, tmp)
+        except lzma.LZMAError as exc:
+            raise ImageError(f"{bzimage}: cannot decompress the XZ payload: {exc}") from exc
+        _check_elf(bzimage, tmp, out, "")
+        return
     if start < 0:
         raise ImageError(f"{bzimage}: no LZ4 payload (kernel not built with CONFIG_KERNEL_LZ4)")
-    tmp = out.with_suffix(".part")
     with tmp.open("wb") as sink:
         # lz4 stops at the end of the legacy frame and complains about the bytes after it.
         proc = subprocess.run(["lz4", "-d", "-c"], input=data[start:], stdout=sink,
                               stderr=subprocess.PIPE, check=False)
+    _check_elf(bzimage, tmp, out, f" (lz4 said {proc.stderr!r})")
+
+
+def _check_elf(bzimage: Path, tmp: Path, out: Path, detail: str) -> None:
     with tmp.open("rb") as fh:
         magic = fh.read(4)
     if magic != ELF_MAGIC:
         tmp.unlink()
-        raise ImageError(f"{bzimage}: LZ4 payload is not ELF (lz4 said {proc.stderr!r})")
+        raise ImageError(f"{bzimage}: the decompressed payload is not ELF{detail}")
     tmp.replace(out)
 
 
