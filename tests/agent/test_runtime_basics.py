@@ -183,6 +183,8 @@ def test_malformed_specs_name_the_field(runtime: ContainerRuntime, rootfs: Path)
                                                                     Namespace(type="mount"))))
     with pytest.raises(OciError, match="container id 'a/b'"):
         runtime.create_container("a/b", spec)
+    with pytest.raises(OciError, match=r"container id '\.\.'"):
+        runtime.create_container("..", spec)
     assert runtime.container_ids() == ()
 
 

@@ -10,10 +10,10 @@ import pytest
 
 from kata.errors import OciError
 from kata.guest.runtime import RuntimeClosedError
-from kata.guest.runtime.cgroups import Cgroup, cgroup_path, resource_files
+from kata.guest.runtime.cgroups import Cgroup, cgroup_path, parse_max, resource_files
 from kata.guest.runtime.oom import OomMonitor
 from kata.guest.runtime.process import ExitLatch, exit_status
-from kata.guest.runtime.stats import parse_io_stat, parse_max, parse_net_dev
+from kata.guest.runtime.stats import parse_io_stat, parse_net_dev
 from kata.oci import (
     CPU,
     BlockIO,

@@ -32,6 +32,7 @@ def cpu_usage(runtime: ContainerRuntime) -> int:
 def test_container_and_exec_processes_live_in_the_container_cgroup(
     cgroup_runtime: ContainerRuntime, cgroup_root: Path, rootfs: Path
 ) -> None:
+    mounts = Path("/proc/self/mountinfo").read_text()
     info = cgroup_runtime.create_container("c1", make_spec(rootfs, "sleep", "60"))
     assert info.cgroup_path == f"{cgroup_root}/kata/c1"
     assert cgroup_of(info.pid) == unified_path(cgroup_root / "kata" / "c1")
@@ -41,6 +42,8 @@ def test_container_and_exec_processes_live_in_the_container_cgroup(
     assert sorted(cgroup_runtime.pids("c1")) == sorted((info.pid, pid))
     cgroup_runtime.remove_container("c1", timeout=10)
     assert not (cgroup_root / "kata" / "c1").exists()
+    assert not Path(f"/proc/{info.pid}").exists() and not Path(f"/proc/{pid}").exists()
+    assert Path("/proc/self/mountinfo").read_text() == mounts  # all mounts were in its namespace
 
 
 def test_container_sees_its_cgroup_as_the_root(cgroup_runtime: ContainerRuntime, rootfs: Path) -> None:

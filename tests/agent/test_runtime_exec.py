@@ -13,6 +13,7 @@ from kata.guest.runtime import (
     ContainerRuntime,
     ExecError,
     ProcessExistsError,
+    ProcessNotFoundError,
     ProcessState,
 )
 from kata.oci import User
@@ -45,9 +46,22 @@ def test_exec_status_user_and_stderr(sleeping: ContainerRuntime) -> None:
     process = replace(exec_process("sh", "-c", "id -u; echo oops >&2; exit 3"), user=User(uid=123, gid=45))
     result = run_exec(sleeping, "c1", "e1", process)
     assert (result.status, result.stdout, result.stderr) == (3, "123\n", "oops\n")
-    info = sleeping.process_info("c1", "e1")
-    assert (info.state, info.exit_status) == (ProcessState.EXITED, 3)
+
+
+def test_an_exec_is_forgotten_once_waited_and_read_to_eof(sleeping: ContainerRuntime) -> None:
+    sleeping.exec_process("c1", "e1", exec_process("cat"))
+    assert sleeping.process_info("c1", "e1").state is ProcessState.RUNNING
+    sleeping.close_stdin("c1", "e1")
+    assert sleeping.wait_process("c1", "e1", timeout=10) == 0
+    info = sleeping.process_info("c1", "e1")  # output not read yet: still known
+    assert (info.state, info.exit_status) == (ProcessState.EXITED, 0)
+    assert sleeping.read_stdout("c1", "e1", 10) == b""
     assert sleeping.container_info("c1").exec_ids == ("e1",)
+    assert sleeping.read_stderr("c1", "e1", 10) == b""
+    assert sleeping.container_info("c1").exec_ids == ()
+    with pytest.raises(ProcessNotFoundError):
+        sleeping.wait_process("c1", "e1")
+    run_exec(sleeping, "c1", "e1", exec_process("true"))  # the id is free again
 
 
 def test_exec_stdin_and_signal(sleeping: ContainerRuntime) -> None:
@@ -68,7 +82,7 @@ def test_exec_of_a_missing_binary_is_127(sleeping: ContainerRuntime) -> None:
 
 
 def test_exec_ids_are_unique(sleeping: ContainerRuntime) -> None:
-    run_exec(sleeping, "c1", "e1", exec_process("true"))
+    sleeping.exec_process("c1", "e1", exec_process("sleep", "60"))
     with pytest.raises(ProcessExistsError, match="process 'e1': already exists"):
         sleeping.exec_process("c1", "e1", exec_process("true"))
     with pytest.raises(ProcessExistsError):

@@ -134,6 +134,11 @@ def test_no_pivot_moves_the_root_and_exec_still_finds_it(rootfs: Path) -> None:
         runtime.close()
 
 
+def test_shared_rootfs_propagation(runtime: ContainerRuntime, rootfs: Path) -> None:
+    spec = with_linux(sh(rootfs, "grep -c shared: /proc/self/mountinfo; true"), rootfs_propagation="rshared")
+    assert int(run(runtime, spec).stdout) > 0
+
+
 def test_spec_dev_tmpfs_is_populated(runtime: ContainerRuntime, rootfs: Path) -> None:
     result = run(runtime, sh(rootfs, "stat -c '%F %t:%T' /dev/null /dev/tty; cat /proc/self/mountinfo"))
     null, tty, *mountinfo = result.stdout.splitlines()

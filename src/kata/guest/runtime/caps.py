@@ -37,7 +37,7 @@ PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class CapabilitySets:
     """The five capability sets of a process as bit masks; ``last`` is the kernel's highest cap."""
 

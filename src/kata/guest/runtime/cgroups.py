@@ -10,27 +10,34 @@ import time
 from kata.errors import OciError
 from kata.guest.runtime.errors import CgroupError
 from kata.guest.runtime.securejoin import clean_path, escapes
-from kata.guest.runtime.stats import (
-    CgroupStats,
-    CpuStats,
-    HugetlbStats,
-    MemoryStats,
-    PidsStats,
-    parse_flat_keyed,
-    parse_io_stat,
-    parse_max,
-)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from kata.guest.runtime.stats import CgroupStats
     from kata.oci import CPU, BlockIO, Memory, Resources
 
-__all__ = ["CONTROLLERS", "Cgroup", "cgroup_path", "resource_files"]
+__all__ = ["CONTROLLERS", "Cgroup", "cgroup_path", "parse_flat_keyed", "parse_max", "resource_files"]
 
 # Controllers the runtime enables for container cgroups when the parent offers them.
 CONTROLLERS = ("cpuset", "cpu", "io", "memory", "hugetlb", "pids", "rdma", "misc")
 DEFAULT_CPU_PERIOD = 100000
 SETTLE_TIMEOUT = 5.0
+
+
+def parse_flat_keyed(text: str) -> dict[str, int]:
+    """"key value" lines (cgroup.events, memory.stat, cpu.stat) as a dict; other lines are skipped."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().lstrip("-").isdigit():
+            values[key] = int(value)
+    return values
+
+
+def parse_max(text: str) -> int | None:
+    """A limit file ("max" or a number) as an int, None for "max"."""
+    text = text.strip()
+    return None if text in ("max", "") else int(text.split()[0])
 
 
 def cgroup_path(root: str, container_id: str, cgroups_path: str) -> str:
@@ -277,52 +284,23 @@ class Cgroup:
                 raise CgroupError(f"cgroup {directory}: processes remain after {timeout:.0f} s")
             _rmdir(directory)
 
+    def read(self, name: str) -> str | None:
+        """The text of one file of the cgroup, None when it does not exist (controller not enabled).
+
+        Raises:
+            CgroupError: when it exists but cannot be read.
+        """
+        return self._read(name)
+
     def stats(self) -> CgroupStats:
-        """What the enabled controllers report (a missing controller gives None)."""
-        return CgroupStats(memory=self._memory_stats(), cpu=self._cpu_stats(), pids=self._pids_stats(),
-                           io=parse_io_stat(self._read("io.stat") or ""), hugetlb=self._hugetlb_stats())
+        """What the enabled controllers report (a missing controller gives None).
 
-    def _memory_stats(self) -> MemoryStats | None:
-        current = self._read("memory.current")
-        if current is None:
-            return None
-        peak, swap = self._read("memory.peak"), self._read("memory.swap.current")
-        return MemoryStats(
-            usage=int(current), limit=parse_max(self._read("memory.max") or "max"),
-            max_usage=None if peak is None else int(peak), swap_usage=None if swap is None else int(swap),
-            stat=parse_flat_keyed(self._read("memory.stat") or ""),
-            events=parse_flat_keyed(self._read("memory.events") or ""),
-        )
+        Raises:
+            CgroupError: when a file exists but cannot be read.
+        """
+        from kata.guest.runtime.stats import read_cgroup_stats  # only StatsContainer needs the types
 
-    def _cpu_stats(self) -> CpuStats | None:
-        text = self._read("cpu.stat")
-        if text is None:
-            return None
-        values = parse_flat_keyed(text)
-        return CpuStats(
-            usage_ns=values.get("usage_usec", 0) * 1000, user_ns=values.get("user_usec", 0) * 1000,
-            system_ns=values.get("system_usec", 0) * 1000, periods=values.get("nr_periods", 0),
-            throttled_periods=values.get("nr_throttled", 0),
-            throttled_ns=values.get("throttled_usec", 0) * 1000,
-        )
-
-    def _pids_stats(self) -> PidsStats | None:
-        current = self._read("pids.current")
-        if current is None:
-            return None
-        return PidsStats(current=int(current), limit=parse_max(self._read("pids.max") or "max"))
-
-    def _hugetlb_stats(self) -> tuple[HugetlbStats, ...]:
-        sizes = sorted(name.split(".")[1] for name in os.listdir(self.path)
-                       if name.startswith("hugetlb.") and name.endswith(".current"))
-        stats = []
-        for size in sizes:
-            events = parse_flat_keyed(self._read(f"hugetlb.{size}.events") or "")
-            stats.append(HugetlbStats(
-                page_size=size, usage=int(self._read(f"hugetlb.{size}.current") or 0),
-                limit=parse_max(self._read(f"hugetlb.{size}.max") or "max"), failcnt=events.get("max", 0),
-            ))
-        return tuple(stats)
+        return read_cgroup_stats(self)
 
     def oom_kills(self) -> int:
         """memory.events' oom_kill count (0 without the memory controller)."""

@@ -36,7 +36,7 @@ __all__ = ["ChildFds", "run_exec_monitor", "run_init_monitor"]
 EXIT_SETUP_FAILED = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ChildFds:
     """The fds a forked child keeps; -1 when unused."""
 
@@ -99,8 +99,6 @@ def _enter_stdio(stdio: tuple[int, int, int], terminal: bool) -> None:
 
 def _monitor_prologue(fds: ChildFds) -> None:
     reset_signals()  # the Reaper's SIGCHLD handler must not steal our child's status
-    if min(fds.all() | {3}) < 3:
-        raise OSError(0, "the agent has no stdio: fds 0-2 are in use", "stdio")
     _keep_only(fds.all())
 
 

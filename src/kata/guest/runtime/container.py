@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["Container", "ContainerInfo", "ProcessInfo"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ProcessInfo:
     """A snapshot of one process: ``pid`` as the agent sees it, ``exit_status`` once exited."""
 
@@ -39,7 +39,7 @@ class ProcessInfo:
     terminal: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ContainerInfo:
     """A snapshot of one container."""
 

@@ -152,7 +152,10 @@ def _fork(target: Callable[[ChildFds], NoReturn], fds: ChildFds, latch: ExitLatc
           watcher: ChildWatcher) -> int:
     pid = os.fork()
     if pid == 0:
-        target(fds)  # never returns: the child always ends in os._exit
+        try:
+            target(fds)
+        finally:
+            os._exit(child.EXIT_SETUP_FAILED)  # never unwind into the agent's stack in the child
     watcher.watch(pid, latch.on_exit)
     return pid
 
@@ -162,10 +165,11 @@ def _spawn(
     cgroup_procs: str | None, watcher: ChildWatcher, start_fd: int,
 ) -> tuple[int, ExitLatch, StatusReader]:
     """Fork a monitor with its fds; the agent's copies of the child's ends are closed afterwards."""
-    namespaces = _open_namespaces(joins)
-    status_r, status_w = os.pipe()
-    procs = -1
+    namespaces: list[tuple[int, int, str]] = []
+    status_r = status_w = procs = -1
     try:
+        namespaces = _open_namespaces(joins)
+        status_r, status_w = os.pipe()
         if cgroup_procs is not None:
             procs = os.open(cgroup_procs, os.O_WRONLY | os.O_CLOEXEC)
         fds = ChildFds(status=status_w, start=start_fd, stdio=stdio.child_fds, cgroup_procs=procs,
@@ -177,7 +181,8 @@ def _spawn(
             latch.close()
             raise
     except BaseException:
-        os.close(status_r)
+        if status_r >= 0:
+            os.close(status_r)
         raise
     finally:
         for fd in {status_w, procs, *(ns[0] for ns in namespaces)} - {-1}:

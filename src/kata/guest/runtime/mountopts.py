@@ -74,7 +74,7 @@ _UNSUPPORTED = frozenset({
 _RO_LATER_TYPES = frozenset({"tmpfs"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class MountStep:
     """One spec mount, ready for mount(2): ``destination`` is clean and absolute in the container."""
 

@@ -8,8 +8,8 @@ import threading
 import time
 from collections import deque
 
+from kata.guest.runtime.cgroups import parse_flat_keyed
 from kata.guest.runtime.errors import RuntimeClosedError
-from kata.guest.runtime.stats import parse_flat_keyed
 
 __all__ = ["OomMonitor"]
 

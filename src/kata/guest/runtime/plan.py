@@ -43,7 +43,7 @@ _DEVICE_TYPES = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": s
 _PERSONALITIES = {"LINUX": 0x0000, "LINUX32": 0x0008}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ProcessPlan:
     """What the child does for one process: identity, limits, stdio kind and the argv to exec."""
 
@@ -63,7 +63,7 @@ class ProcessPlan:
     console_size: tuple[int, int] | None  # (rows, columns)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class DeviceNode:
     """A device node of ``linux.devices`` to create under the container's /dev."""
 
@@ -75,7 +75,7 @@ class DeviceNode:
     gid: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RootfsPlan:
     """The mount work done inside the container's mount namespace, before and after pivot_root."""
 
@@ -90,7 +90,7 @@ class RootfsPlan:
     readonly_paths: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class NamespacePlan:
     """Namespaces to join (type, path, CLONE_* flag) and to create."""
 
@@ -99,7 +99,7 @@ class NamespacePlan:
     cgroup: bool  # init unshares a cgroup namespace after joining its cgroup
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ContainerPlan:
     """Everything create_container needs, checked and precomputed from the Spec."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 
@@ -19,12 +20,12 @@ from kata.guest.runtime.launch import launch_exec, launch_init
 from kata.guest.runtime.oom import OomMonitor
 from kata.guest.runtime.plan import plan_container, plan_process
 from kata.guest.runtime.state import ContainerState, require
-from kata.guest.runtime.stats import ContainerStats, parse_net_dev
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from kata.guest.runtime.plan import ContainerPlan
     from kata.guest.runtime.process import ContainerProcess
+    from kata.guest.runtime.stats import ContainerStats
     from kata.guest.runtime.watch import ChildWatcher
     from kata.oci import Process, Resources, Spec
 
@@ -33,6 +34,18 @@ __all__ = ["DEFAULT_CGROUP_ROOT", "ContainerRuntime"]
 DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup"
 # runc's rule for container ids; they become cgroup directory names.
 _ID = re.compile(r"[A-Za-z0-9_+.-]+")
+
+
+def _occupy_stdio() -> None:
+    """Open /dev/null on whichever of fds 0-2 is closed.
+
+    A child's pipe must never get one of those numbers: the forked process dup2()s its stdio there.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open("/dev/null", os.O_RDWR)  # the lowest free number: this one
 
 
 class ContainerRuntime:
@@ -45,6 +58,7 @@ class ContainerRuntime:
 
     def __init__(self, watcher: ChildWatcher, *, cgroup_root: str | None = DEFAULT_CGROUP_ROOT,
                  log: GuestLog | None = None, no_pivot: bool = False, oom_interval: float = 1.0) -> None:
+        _occupy_stdio()
         self.watcher = watcher
         self.cgroup_root = cgroup_root
         self.log = log or GuestLog()
@@ -303,6 +317,8 @@ class ContainerRuntime:
             ContainerNotFoundError: for an unknown id.
             CgroupError: when a cgroup file cannot be read.
         """
+        from kata.guest.runtime.stats import ContainerStats, parse_net_dev  # loaded on first use
+
         container = self._get(container_id)
         cgroup = container.cgroup.stats() if container.cgroup else None
         try:

@@ -50,7 +50,7 @@ _Target = int | str
 _Insn = tuple[int, _Target, _Target, int]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SeccompProgram:
     """A compiled filter: ``program`` is sock_filter records, ``flags`` SECCOMP_FILTER_FLAG_* bits."""
 

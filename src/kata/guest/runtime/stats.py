@@ -1,9 +1,16 @@
-"""Typed container statistics and the parsers of cgroup v2 files and /proc/<pid>/net/dev."""
+"""Typed container statistics, read from cgroup v2 files and /proc/<pid>/net/dev (loaded on first use)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from kata.guest.runtime.cgroups import parse_flat_keyed, parse_max
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kata.guest.runtime.cgroups import Cgroup
 
 __all__ = [
     "CgroupStats",
@@ -14,14 +21,13 @@ __all__ = [
     "IoDeviceStats",
     "MemoryStats",
     "PidsStats",
-    "parse_flat_keyed",
     "parse_io_stat",
-    "parse_max",
     "parse_net_dev",
+    "read_cgroup_stats",
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class MemoryStats:
     """memory.* of the container's cgroup, in bytes; ``limit`` None means no limit ("max")."""
 
@@ -33,7 +39,7 @@ class MemoryStats:
     events: Mapping[str, int] = field(default_factory=dict)  # memory.events: low high max oom oom_kill
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class CpuStats:
     """cpu.stat, converted to nanoseconds like runc does."""
 
@@ -45,7 +51,7 @@ class CpuStats:
     throttled_ns: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class PidsStats:
     """pids.current and pids.max (None: no limit)."""
 
@@ -53,7 +59,7 @@ class PidsStats:
     limit: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class IoDeviceStats:
     """One device line of io.stat."""
 
@@ -65,7 +71,7 @@ class IoDeviceStats:
     write_ios: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class HugetlbStats:
     """hugetlb.<size>.current/.max/.events (``failcnt`` is the "max" event count)."""
 
@@ -75,7 +81,7 @@ class HugetlbStats:
     failcnt: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class CgroupStats:
     """Whatever the container cgroup's enabled controllers report (None: controller not enabled)."""
 
@@ -86,7 +92,7 @@ class CgroupStats:
     hugetlb: tuple[HugetlbStats, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class InterfaceStats:
     """One interface of /proc/<pid>/net/dev (the network namespace the container uses)."""
 
@@ -101,28 +107,12 @@ class InterfaceStats:
     tx_dropped: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ContainerStats:
     """StatsContainer's answer: cgroup statistics (None without a cgroup) and network counters."""
 
     cgroup: CgroupStats | None
     network: tuple[InterfaceStats, ...] = ()
-
-
-def parse_flat_keyed(text: str) -> dict[str, int]:
-    """"key value" lines (memory.stat, memory.events, cpu.stat) as a dict; other lines are skipped."""
-    values: dict[str, int] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if value.strip().lstrip("-").isdigit():
-            values[key] = int(value)
-    return values
-
-
-def parse_max(text: str) -> int | None:
-    """A limit file ("max" or a number) as an int, None for "max"."""
-    text = text.strip()
-    return None if text in ("max", "") else int(text.split()[0])
 
 
 def parse_io_stat(text: str) -> tuple[IoDeviceStats, ...]:
@@ -154,3 +144,58 @@ def parse_net_dev(text: str) -> tuple[InterfaceStats, ...]:
             tx_dropped=values[11],
         ))
     return tuple(interfaces)
+
+
+def read_cgroup_stats(cgroup: Cgroup) -> CgroupStats:
+    """Everything the cgroup's enabled controllers report.
+
+    Raises:
+        CgroupError: when a file exists but cannot be read.
+    """
+    return CgroupStats(memory=_memory(cgroup), cpu=_cpu(cgroup), pids=_pids(cgroup),
+                       io=parse_io_stat(cgroup.read("io.stat") or ""), hugetlb=_hugetlb(cgroup))
+
+
+def _memory(cgroup: Cgroup) -> MemoryStats | None:
+    current = cgroup.read("memory.current")
+    if current is None:
+        return None
+    peak, swap = cgroup.read("memory.peak"), cgroup.read("memory.swap.current")
+    return MemoryStats(
+        usage=int(current), limit=parse_max(cgroup.read("memory.max") or "max"),
+        max_usage=None if peak is None else int(peak), swap_usage=None if swap is None else int(swap),
+        stat=parse_flat_keyed(cgroup.read("memory.stat") or ""),
+        events=parse_flat_keyed(cgroup.read("memory.events") or ""),
+    )
+
+
+def _cpu(cgroup: Cgroup) -> CpuStats | None:
+    text = cgroup.read("cpu.stat")
+    if text is None:
+        return None
+    values = parse_flat_keyed(text)
+    return CpuStats(
+        usage_ns=values.get("usage_usec", 0) * 1000, user_ns=values.get("user_usec", 0) * 1000,
+        system_ns=values.get("system_usec", 0) * 1000, periods=values.get("nr_periods", 0),
+        throttled_periods=values.get("nr_throttled", 0), throttled_ns=values.get("throttled_usec", 0) * 1000,
+    )
+
+
+def _pids(cgroup: Cgroup) -> PidsStats | None:
+    current = cgroup.read("pids.current")
+    if current is None:
+        return None
+    return PidsStats(current=int(current), limit=parse_max(cgroup.read("pids.max") or "max"))
+
+
+def _hugetlb(cgroup: Cgroup) -> tuple[HugetlbStats, ...]:
+    sizes = sorted(name.split(".")[1] for name in os.listdir(cgroup.path)
+                   if name.startswith("hugetlb.") and name.endswith(".current"))
+    stats = []
+    for size in sizes:
+        events = parse_flat_keyed(cgroup.read(f"hugetlb.{size}.events") or "")
+        stats.append(HugetlbStats(
+            page_size=size, usage=int(cgroup.read(f"hugetlb.{size}.current") or 0),
+            limit=parse_max(cgroup.read(f"hugetlb.{size}.max") or "max"), failcnt=events.get("max", 0),
+        ))
+    return tuple(stats)
