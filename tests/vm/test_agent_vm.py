@@ -94,8 +94,8 @@ async def scenario(shared_fs: str, tmp_path: Path) -> dict[str, object]:
                                                                         cwd="/")))
         await client.signal_process("c1", "sleeper", signal.SIGKILL)
         results["killed"] = await client.wait_process("c1", "sleeper")
-        tty = Process(args=("sh", "-c", "test -t 0 && test -t 1 && echo is-a-tty; sleep 0.5; stty size"), env=("PATH=/bin", "TERM=xterm"), cwd="/",
-                      terminal=True)
+        tty_script = "test -t 0 && test -t 1 && echo is-a-tty; sleep 0.5; stty size"
+        tty = Process(args=("sh", "-c", tty_script), env=("PATH=/bin", "TERM=xterm"), cwd="/", terminal=True)
         await client.exec_process(ExecRequest("c1", "tty", tty))
         await client.tty_win_resize("c1", "tty", 33, 101)
         results["tty"] = await output_of(client, "c1", "tty")
