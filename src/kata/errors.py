@@ -11,7 +11,8 @@ on message text::
      ├── HostError              the host lacks something pykata needs
      ├── ImageError             building or locating the guest kernel/image failed
      ├── HypervisorError        starting, probing or driving a VMM failed
-     │    └── AcceleratorError  no usable accelerator (neither KVM nor TCG)
+     │    ├── AcceleratorError  no usable accelerator (neither KVM nor TCG)
+     │    └── QmpError          QEMU answered a QMP command with an error (kata.hypervisor.qemu)
      ├── ProtocolError          malformed ttRPC frame or protobuf payload
      ├── RpcError               an RPC answered with a non-OK gRPC status
      ├── AgentError             the guest agent is unreachable or misbehaved

@@ -1,1 +1,52 @@
 """Hypervisor layer: one interface, drivers behind it (QEMU first), accelerator selection."""
+
+from __future__ import annotations
+
+from kata.hypervisor.base import (
+    SHARED_FS_TAG,
+    Capabilities,
+    EventCallback,
+    Hypervisor,
+    VmEvent,
+    VmPaths,
+    shared_fs_for,
+    with_standard_devices,
+)
+from kata.hypervisor.devices import (
+    AGENT_PORT_NAME,
+    VSOCK_AGENT_PORT,
+    AgentChannel,
+    BlockDevice,
+    Console,
+    Device,
+    NetDevice,
+    RootfsImage,
+    SharedFs,
+)
+from kata.hypervisor.registry import hypervisor_names, new_hypervisor, register_hypervisor
+from kata.hypervisor.state import Lifecycle, VmState
+
+__all__ = [
+    "AGENT_PORT_NAME",
+    "SHARED_FS_TAG",
+    "VSOCK_AGENT_PORT",
+    "AgentChannel",
+    "BlockDevice",
+    "Capabilities",
+    "Console",
+    "Device",
+    "EventCallback",
+    "Hypervisor",
+    "Lifecycle",
+    "NetDevice",
+    "RootfsImage",
+    "SharedFs",
+    "VmEvent",
+    "VmPaths",
+    "VmState",
+    "hypervisor_names",
+    "new_hypervisor",
+    "register_hypervisor",
+    "shared_fs_for",
+    "with_standard_devices",
+]
