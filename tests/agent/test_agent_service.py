@@ -153,8 +153,8 @@ def test_malformed_requests_get_clear_errors_and_the_agent_keeps_serving(agent: 
         with pytest.raises(InvalidArgumentError, match=r"storage mount point .* is outside"):
             await client.create_container(
                 ContainerRequest("c4", "c4", make_spec(agent.rootfs, "true"), storages=(escaping,)))
-        with pytest.raises(UnimplementedError, match="UpdateRoutes: guest networking"):
-            await client._call("UpdateRoutes", agent_pb2.UpdateRoutesRequest(), agent_pb2.Routes)
+        with pytest.raises(UnimplementedError, match="GetIPTables: the guest image carries no iptables"):
+            await client._call("GetIPTables", agent_pb2.GetIPTablesRequest(), agent_pb2.GetIPTablesResponse)
         return await client.check()
     assert run(agent, scenario)
 

@@ -29,7 +29,7 @@ def test_probe_argv_is_a_bare_q35_boot_of_the_kernel() -> None:
     assert argv[argv.index("-kernel") + 1] == "/k/vmlinux"
     assert "-no-reboot" in argv
     assert "panic=-1" in argv[argv.index("-append") + 1].split()
-    assert probe_argv("q", "k", "tcg")[6] == "max"
+    assert probe_argv("q", "k", "tcg")[6] == accel.TCG_CPU
 
 
 def test_probe_counts_a_guest_that_reaches_the_panic(tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ def test_version() -> None:
     assert "kata-runtime  : 0.1.0" in proc.stdout
 
 
-@pytest.mark.parametrize("tool", ["containerd-shim-kata-v2", "kata-monitor"])
+@pytest.mark.parametrize("tool", ["kata-monitor"])
 def test_unlanded_entry_points_say_so(tool: str) -> None:
     proc = run(tool=tool)
     assert proc.returncode == 2

@@ -39,12 +39,15 @@ def test_build_contents_and_cache(kernel: KernelArtifacts, tmp_path: Path) -> No
     names = set(_list(first.path))
     for required in ("init", "usr/bin/python3.11", "usr/bin/busybox", "usr/bin/sh", "usr/bin/poweroff",
                      "usr/lib64/ld-linux-x86-64.so.2", "usr/lib/x86_64-linux-gnu/libc.so.6",
-                     "usr/lib/python3.11/os.py", "usr/lib/kata-agent/kata/guest/init.py",
-                     "usr/lib/kata-agent/kata/guest/__pycache__/init.cpython-311.pyc",
+                     "usr/lib/python3.11/os.py", "usr/lib/kata-agent/kata/guest/init.pyc",
+                     "usr/lib/kata-agent/codecache.marshal",
                      "usr/lib/kata-agent/google/_upb/_message.abi3.so", "etc/kata-agent/modules",
                      "etc/kata-agent/image", "dev/console", "dev/urandom"):
         assert required in names, required
     assert not any(name.startswith("usr/lib/python3.11/asyncio") for name in names)
+    # Sourceless: the guest imports the .pyc files, never a source it could recompile.
+    assert not [n for n in names if n.endswith(".py") and n != "usr/lib/python3.11/os.py"]
+    assert not any("__pycache__" in name for name in names)
     assert not any("kata/config" in name or "kata/cli" in name for name in names)
     modules = [n for n in names if n.endswith(".ko")]
     assert any(n.endswith("/virtio_console.ko") for n in modules)

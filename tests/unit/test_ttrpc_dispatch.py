@@ -15,6 +15,7 @@ from kata.ttrpc import (
     RequestReceived,
     Router,
     UnimplementedError,
+    wire,
 )
 
 KeyValue = ttrpc_pb2.KeyValue
@@ -33,7 +34,7 @@ def router_with(methods: dict[str, MethodSpec]) -> Router:
 
 def received(method: str = "Echo", payload: bytes = b"", **fields: object) -> RequestReceived:
     request = ttrpc_pb2.Request(service="grpc.AgentService", method=method, payload=payload, **fields)  # type: ignore[arg-type]
-    return RequestReceived(7, request)
+    return RequestReceived(7, wire.Request.FromString(request.SerializeToString()))  # as the connection decodes it
 
 
 def test_register_and_lookup() -> None:

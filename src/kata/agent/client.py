@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TypeVar
 
 from google.protobuf import empty_pb2
@@ -10,9 +11,18 @@ from google.protobuf.message import Message
 
 from kata.agent import trans
 from kata.agent.transport import open_channel
-from kata.agent.types import AgentVersion, ContainerRequest, ExecRequest, GuestDetails, SandboxRequest
+from kata.agent.types import (
+    AgentVersion,
+    ARPNeighbor,
+    ContainerRequest,
+    ExecRequest,
+    GuestDetails,
+    Interface,
+    Route,
+    SandboxRequest,
+)
 from kata.errors import AgentError, RpcError
-from kata.protocols.pb import agent_pb2, health_pb2
+from kata.protocols.pb import agent_pb2, health_pb2, types_pb2
 from kata.ttrpc.aio import AsyncClient
 from kata.ttrpc.status import Code
 
@@ -166,3 +176,29 @@ class AgentClient:
         """Raw cgroup statistics (kept as protobuf: the shim forwards them as cgroup metrics)."""
         return await self._call("StatsContainer", agent_pb2.StatsContainerRequest(
             container_id=container_id), agent_pb2.StatsContainerResponse)
+
+    # network
+
+    async def update_interface(self, interface: Interface) -> Interface:
+        """Configure the guest NIC with ``interface.hw_addr``; the NIC as the guest then has it."""
+        answer = await self._call("UpdateInterface", agent_pb2.UpdateInterfaceRequest(
+            interface=trans.interface_to_pb(interface)), types_pb2.Interface)
+        return trans.interface_from_pb(answer)
+
+    async def update_routes(self, routes: Sequence[Route]) -> tuple[Route, ...]:
+        """Replace the guest's routes by ``routes``; the routes the guest then has."""
+        answer = await self._call("UpdateRoutes", agent_pb2.UpdateRoutesRequest(
+            routes=agent_pb2.Routes(Routes=[trans.route_to_pb(r) for r in routes])), agent_pb2.Routes)
+        return tuple(trans.route_from_pb(r) for r in answer.Routes)
+
+    async def list_interfaces(self) -> tuple[Interface, ...]:
+        answer = await self._call("ListInterfaces", agent_pb2.ListInterfacesRequest(), agent_pb2.Interfaces)
+        return tuple(trans.interface_from_pb(i) for i in answer.Interfaces)
+
+    async def list_routes(self) -> tuple[Route, ...]:
+        answer = await self._call("ListRoutes", agent_pb2.ListRoutesRequest(), agent_pb2.Routes)
+        return tuple(trans.route_from_pb(r) for r in answer.Routes)
+
+    async def add_arp_neighbors(self, neighbors: Sequence[ARPNeighbor]) -> None:
+        await self._empty("AddARPNeighbors", agent_pb2.AddARPNeighborsRequest(
+            neighbors=agent_pb2.ARPNeighbors(ARPNeighbors=[trans.neighbor_to_pb(n) for n in neighbors])))

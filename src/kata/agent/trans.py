@@ -4,20 +4,29 @@ from __future__ import annotations
 
 from kata.agent.types import (
     AgentVersion,
+    ARPNeighbor,
     ContainerRequest,
     ExecRequest,
     GuestDetails,
+    Interface,
+    IPAddress,
     KernelModule,
+    Route,
     SandboxRequest,
     Storage,
 )
 from kata.oci.translate import process_to_pb, spec_to_pb
-from kata.protocols.pb import agent_pb2, health_pb2
+from kata.protocols.pb import agent_pb2, health_pb2, types_pb2
 
 __all__ = [
     "container_to_pb",
     "exec_to_pb",
     "guest_details_from_pb",
+    "interface_from_pb",
+    "interface_to_pb",
+    "neighbor_to_pb",
+    "route_from_pb",
+    "route_to_pb",
     "sandbox_to_pb",
     "storage_to_pb",
     "version_from_pb",
@@ -66,3 +75,44 @@ def guest_details_from_pb(pb: agent_pb2.GuestDetailsResponse) -> GuestDetails:
 
 def version_from_pb(pb: health_pb2.VersionCheckResponse) -> AgentVersion:
     return AgentVersion(grpc_version=pb.grpc_version, agent_version=pb.agent_version)
+
+
+def _ip_to_pb(ip: IPAddress) -> types_pb2.IPAddress:
+    return types_pb2.IPAddress(family=types_pb2.v6 if ":" in ip.address else types_pb2.v4, address=ip.address,
+                               mask="" if ip.prefix_length is None else str(ip.prefix_length))
+
+
+def _ip_from_pb(pb: types_pb2.IPAddress) -> IPAddress:
+    return IPAddress(address=pb.address, prefix_length=int(pb.mask) if pb.mask.isdigit() else None)
+
+
+def interface_to_pb(interface: Interface) -> types_pb2.Interface:
+    # Kata's runtimes send the guest name as both device and name.
+    return types_pb2.Interface(
+        device=interface.name, name=interface.name, IPAddresses=[_ip_to_pb(a) for a in interface.addresses],
+        mtu=interface.mtu, hwAddr=interface.hw_addr, devicePath=interface.device_path, type=interface.link_type,
+        raw_flags=interface.raw_flags,
+    )
+
+
+def interface_from_pb(pb: types_pb2.Interface) -> Interface:
+    return Interface(name=pb.name, hw_addr=pb.hwAddr, mtu=pb.mtu,
+                     addresses=tuple(_ip_from_pb(a) for a in pb.IPAddresses), device_path=pb.devicePath,
+                     link_type=pb.type, raw_flags=pb.raw_flags)
+
+
+def route_to_pb(route: Route) -> types_pb2.Route:
+    ipv6 = route.family == 6 or any(":" in text for text in (route.dest, route.gateway, route.source))
+    return types_pb2.Route(dest=route.dest, gateway=route.gateway, device=route.device, source=route.source,
+                           scope=route.scope, family=types_pb2.v6 if ipv6 else types_pb2.v4, flags=route.flags,
+                           mtu=route.mtu)
+
+
+def route_from_pb(pb: types_pb2.Route) -> Route:
+    return Route(dest=pb.dest, gateway=pb.gateway, device=pb.device, source=pb.source, scope=pb.scope,
+                 family=6 if pb.family == types_pb2.v6 else 4, flags=pb.flags, mtu=pb.mtu)
+
+
+def neighbor_to_pb(neighbor: ARPNeighbor) -> types_pb2.ARPNeighbor:
+    return types_pb2.ARPNeighbor(toIPAddress=_ip_to_pb(IPAddress(neighbor.address)), device=neighbor.device,
+                                 lladdr=neighbor.lladdr, state=neighbor.state, flags=neighbor.flags)

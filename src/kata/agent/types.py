@@ -7,11 +7,15 @@ from dataclasses import dataclass
 from kata.oci import Process, Spec
 
 __all__ = [
+    "ARPNeighbor",
     "AgentVersion",
     "ContainerRequest",
     "ExecRequest",
     "GuestDetails",
+    "IPAddress",
+    "Interface",
     "KernelModule",
+    "Route",
     "SandboxRequest",
     "Storage",
 ]
@@ -86,3 +90,52 @@ class AgentVersion:
 
     grpc_version: str
     agent_version: str
+
+
+@dataclass(frozen=True)
+class IPAddress:
+    """An IPv4 or IPv6 address (the family follows from the text) with its prefix length, if any."""
+
+    address: str
+    prefix_length: int | None = None
+
+
+@dataclass(frozen=True)
+class Interface:
+    """A guest NIC. UpdateInterface finds it by ``hw_addr`` and gives it ``name``, ``mtu`` (0 keeps it)
+    and exactly ``addresses``; ``raw_flags`` is read for IFF_NOARP. Answers carry the kernel's view:
+    ``link_type`` ("veth", "" for a plain NIC) and the IFF_* ``raw_flags``."""
+
+    name: str
+    hw_addr: str
+    mtu: int = 0
+    addresses: tuple[IPAddress, ...] = ()
+    device_path: str = ""
+    link_type: str = ""
+    raw_flags: int = 0
+
+
+@dataclass(frozen=True)
+class Route:
+    """A guest route: ``dest`` a CIDR network ("" for the default route), ``source`` the preferred
+    source address, ``device`` the link's guest name; ``family`` 4 or 6 (an IPv6 address makes it 6)."""
+
+    dest: str = ""
+    gateway: str = ""
+    device: str = ""
+    source: str = ""
+    scope: int = 0
+    family: int = 4
+    flags: int = 0
+    mtu: int = 0
+
+
+@dataclass(frozen=True)
+class ARPNeighbor:
+    """A static neighbour entry: ``address`` reached at ``lladdr`` on link ``device``; state 0 is permanent."""
+
+    address: str
+    device: str
+    lladdr: str = ""
+    state: int = 0
+    flags: int = 0

@@ -22,6 +22,7 @@ VERBS = {
     "check": ("check", "check that this host can run pykata sandboxes"),
     "env": ("env", "show the effective configuration, paths, versions and host facts"),
     "image": ("image", "build the guest kernel and image"),
+    "timeline": ("timeline", "show a sandbox's startup timeline"),
     "version": ("version", "show version information"),
 }
 

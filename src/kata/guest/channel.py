@@ -9,10 +9,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from kata.guest.cmdline import GuestOptions
 
-__all__ = ["VIRTIO_PORTS", "Channel", "find_serial_port", "open_channel"]
+__all__ = ["CHANNEL_DRIVERS", "VIRTIO_PORTS", "Channel", "channel_modules", "find_serial_port", "open_channel"]
 
 VIRTIO_PORTS = "/sys/class/virtio-ports"
 POLL_INTERVAL = 0.005
+# The kernel module each kind of channel needs last (the module list loads its dependencies first).
+CHANNEL_DRIVERS = {"serial": "virtio_console", "vsock": "vmw_vsock_virtio_transport"}
+PCI_DEVICES = "/sys/bus/pci/devices"
 
 
 class Channel:
@@ -32,6 +35,18 @@ class Channel:
 
     def __repr__(self) -> str:
         return f"Channel({self.kind!r}, fd={self.fd}, address={self.address!r})"
+
+
+def channel_modules(kind: str, pci_devices: str = PCI_DEVICES) -> tuple[str, ...]:
+    """The kernel modules the channel of ``kind`` needs: its driver and the virtio transport in use.
+
+    A machine without PCI devices (microvm) has its virtio devices on virtio-mmio.
+    """
+    try:
+        transport = "virtio_pci" if os.listdir(pci_devices) else "virtio_mmio"
+    except OSError:
+        transport = "virtio_mmio"
+    return (CHANNEL_DRIVERS.get(kind, "virtio_console"), transport)
 
 
 def _named_port(name: str, ports_dir: str) -> str | None:

@@ -1,7 +1,10 @@
 """PID 1 of the guest: mount the basics, load kernel modules, open the agent channel, serve, power off.
 
 Started by /init (a three-line script the image builder writes) as
-``python3.11 -I -S`` with the agent's library directory on sys.path.
+``python3.11 -I -S`` with the agent's library directory on sys.path. Every import is paid at each
+boot, slowly under TCG: this module imports only what mounting, module loading and the channel need;
+the ttRPC server comes once the module loader runs (kata.guest.server), the rest of the agent later
+(kata.guest.loading).
 """
 
 from __future__ import annotations
@@ -11,14 +14,13 @@ import signal
 import sys
 import time
 
-from kata.guest import linux
+from kata.guest import codecache, lazy, linux
 from kata.guest.agent import GuestContext
-from kata.guest.channel import open_channel
+from kata.guest.channel import channel_modules, open_channel
 from kata.guest.cmdline import parse_cmdline
 from kata.guest.log import GuestLog
 from kata.guest.modules import ModuleLoader
 from kata.guest.reaper import Reaper
-from kata.guest.server import serve
 
 __all__ = ["IMAGE_INFO", "MOUNTS", "main"]
 
@@ -106,7 +108,12 @@ def boot(log: GuestLog) -> None:
     reaper = Reaper()
     reaper.install()
     modules = ModuleLoader(log, reaper)
-    modules.start()
+    modules.start(urgent=channel_modules(options.channel_kind))
+    # Imported while the channel's drivers load (the device also waits for QEMU meanwhile).
+    lazy.defer(*lazy.UNUSED_IN_GUEST)
+    codecache.install(("collections",))
+    from kata.guest.server import serve
+
     channel = open_channel(options)
     log.info("agent channel open", channel=channel.address, uptime=round(time.monotonic(), 3))
     serve(channel, GuestContext(options, log, reaper, modules))

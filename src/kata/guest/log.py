@@ -30,6 +30,10 @@ class GuestLog:
         """Log records of ``level`` and above (unknown names keep the current level)."""
         self.threshold = LEVELS.get(level, self.threshold)
 
+    def enabled(self, level: str) -> bool:
+        """Whether records of ``level`` are written."""
+        return LEVELS[level] >= self.threshold
+
     def format(self, level: str, msg: str, fields: dict[str, object]) -> str:
         parts = [f"time={time.monotonic():.3f}", f"level={level}", "source=agent", f"pid={os.getpid()}"]
         if self.sandbox_id:

@@ -1,4 +1,10 @@
-"""Load the image's kernel modules in a child process, so the agent channel opens while the rest load."""
+"""Load the image's kernel modules in a child process, so the agent channel opens while the rest load.
+
+The guest usually has one vCPU: the loader would take it from PID 1 while PID 1 answers its first
+call. So once the channel's driver is in, the loader lowers its priority (nice 19) and loads the
+rest in PID 1's idle time; code that needs those drivers waits for it (:meth:`ModuleLoader.wait`),
+which leaves the CPU to it.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,17 @@ from kata.guest import linux
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from kata.guest.log import GuestLog
     from kata.guest.reaper import Reaper
 
-__all__ = ["MODULE_LIST", "ModuleLoader", "load_modules", "read_module_list"]
+__all__ = ["BACKGROUND_NICE", "MODULE_LIST", "ModuleLoader", "load_modules", "module_name", "read_module_list"]
 
 # Written by the image builder: module files in load order (the agent channel's come first).
 MODULE_LIST = "/etc/kata-agent/modules"
 POLL_INTERVAL = 0.005
+BACKGROUND_NICE = 19
 
 
 def read_module_list(path: str = MODULE_LIST) -> list[str]:
@@ -29,9 +38,20 @@ def read_module_list(path: str = MODULE_LIST) -> list[str]:
         return [line.strip() for line in fh if line.strip() and not line.startswith("#")]
 
 
-def load_modules(modules: list[str], log: GuestLog) -> int:
-    """Load ``modules`` in order; failures are logged and skipped. Returns the number that failed."""
+def module_name(path: str) -> str:
+    """The kernel's name of a module file: ``.../virtio_console.ko`` -> ``virtio_console``."""
+    return path.rpartition("/")[2].partition(".")[0].replace("-", "_")
+
+
+def load_modules(modules: list[str], log: GuestLog, *, urgent: Collection[str] = ()) -> int:
+    """Load ``modules`` in order; failures are logged and skipped. Returns the number that failed.
+
+    Once every module named in ``urgent`` is in, the rest load at nice :data:`BACKGROUND_NICE`
+    (never, if one of them is not listed).
+    """
     failed = 0
+    waiting = set(urgent)
+    background = bool(waiting) and waiting <= {module_name(module) for module in modules}
     for module in modules:
         started = time.monotonic()
         try:
@@ -42,6 +62,10 @@ def load_modules(modules: list[str], log: GuestLog) -> int:
             continue
         log.debug("module loaded", module=module.rpartition("/")[2],
                   ms=round((time.monotonic() - started) * 1000, 1))
+        waiting.discard(module_name(module))
+        if background and not waiting:
+            os.nice(BACKGROUND_NICE)
+            background = False
     return failed
 
 
@@ -59,8 +83,11 @@ class ModuleLoader:
         self.pid = 0
         self.exit_code: int | None = None
 
-    def start(self, path: str = MODULE_LIST) -> None:
-        """Fork the loader (nothing happens when the list is missing, as in a bare image)."""
+    def start(self, path: str = MODULE_LIST, *, urgent: Collection[str] = ()) -> None:
+        """Fork the loader (nothing happens when the list is missing, as in a bare image).
+
+        ``urgent``: the modules the agent channel needs; the ones listed after them load at low priority.
+        """
         try:
             modules = read_module_list(path)
         except OSError as exc:
@@ -72,7 +99,7 @@ class ModuleLoader:
             code = 1
             try:
                 started = time.monotonic()
-                failed = load_modules(modules, self._log)
+                failed = load_modules(modules, self._log, urgent=urgent)
                 self._log.info("kernel modules loaded", count=len(modules) - failed, failed=failed,
                                ms=round((time.monotonic() - started) * 1000, 1))
                 code = 1 if failed else 0
@@ -90,7 +117,15 @@ class ModuleLoader:
         return self.exit_code is not None
 
     def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the loader; True when it has finished."""
+        """Wait up to ``timeout`` seconds for the loader; True when it has finished.
+
+        Someone needs the drivers now: a loader gone to the background gets its priority back.
+        """
+        if not self.done and self.pid:
+            try:  # noqa: SIM105 - contextlib is one more import paid at every boot
+                os.setpriority(os.PRIO_PROCESS, self.pid, 0)
+            except OSError:
+                pass  # it has just exited
         deadline = time.monotonic() + timeout
         while not self.done and time.monotonic() < deadline:
             time.sleep(POLL_INTERVAL)

@@ -30,7 +30,7 @@ __all__ = [
 
 DEFAULT_CACHE_FILE = Path(os.environ.get("KATA_PROBE_CACHE", "/run/pykata/accel-probe.json"))
 KVM_CPU = "host,pmu=off"
-TCG_CPU = "max"
+TCG_CPU = "qemu64,+rdrand"
 TCG_DEADLINE = 30.0
 # The probe kernel has no root device: it boots to the end of kernel init, panics and, with
 # panic=-1 and -no-reboot, makes QEMU exit. Seeing this line proves the guest really ran.

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kata.errors import HypervisorError
+from kata.hypervisor import accel
+from kata.hypervisor.qemu.args import BASE_KERNEL_PARAMS
 from kata.image.cpio import CpioWriter
 from kata.image.tree import BUSYBOX
 
@@ -34,21 +36,19 @@ __all__ = [
 ]
 
 QEMU = "qemu-system-x86_64"
-# ENVIRONMENT.md: each of these saves boot time under TCG (crypto self-tests alone cost 0.23 s).
-BOOT_CMDLINE = ("console=ttyS0 panic=-1 quiet cryptomgr.notests i8042.noaux i8042.nopnp mitigations=off "
-                "no_timer_check audit=0 apparmor=0 random.trust_cpu=on 8250.nr_uarts=1")
-# RDRAND (with random.trust_cpu=on) seeds the guest's CRNG at once. Without it Python's start-up
-# read of /dev/urandom waits ~1.1 s under TCG for the kernel to gather jitter entropy.
-TCG_CPU = "qemu64,+rdrand"
+# The QEMU driver's kernel command line (ENVIRONMENT.md: each parameter saves boot time under TCG).
+BOOT_CMDLINE = BASE_KERNEL_PARAMS
+# The QEMU driver's TCG cpu model (kata.hypervisor.accel), so boots here measure what sandboxes get.
+TCG_CPU = accel.TCG_CPU
 AGENT_PORT_NAME = "agent.channel.0"
 BARE_INIT = f"#!{BUSYBOX} sh\nexec {BUSYBOX} poweroff -f\n"
 
 
 def qemu_argv(kernel: Path, initrd: Path, *, console_log: Path, agent_socket: Path | None = None,
-              memory_mb: int = 256, extra_cmdline: str = "", qemu: str = QEMU) -> list[str]:
+              memory_mb: int = 256, extra_cmdline: str = "", qemu: str = QEMU, cpu: str = TCG_CPU) -> list[str]:
     """QEMU 7.2 arguments: q35 under TCG, PVH ``kernel``, serial console to a file, agent port."""
     argv = [
-        qemu, "-machine", "q35", "-accel", "tcg", "-cpu", TCG_CPU, "-m", str(memory_mb), "-smp", "1",
+        qemu, "-machine", "q35", "-accel", "tcg", "-cpu", cpu, "-m", str(memory_mb), "-smp", "1",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(kernel), "-initrd", str(initrd),
         "-append", f"{BOOT_CMDLINE} {extra_cmdline}".strip(),
@@ -159,7 +159,7 @@ async def _talk(vm: BootedVm, sock_path: Path, sandbox_id: str, timeout: float) 
 
 
 def boot_and_check(kernel: Path, initrd: Path, workdir: Path, *, timeout: float = 60.0,
-                   extra_cmdline: str = "", sandbox_id: str = "") -> BootReport:
+                   extra_cmdline: str = "", sandbox_id: str = "", cpu: str = TCG_CPU) -> BootReport:
     """Boot, wait for the agent's Health.Check, create and destroy a sandbox, wait for QEMU to exit.
 
     Raises:
@@ -168,7 +168,8 @@ def boot_and_check(kernel: Path, initrd: Path, workdir: Path, *, timeout: float 
     """
     sock_path, console = workdir / "agent.sock", workdir / "console.log"
     sock_path.unlink(missing_ok=True)
-    argv = qemu_argv(kernel, initrd, console_log=console, agent_socket=sock_path, extra_cmdline=extra_cmdline)
+    argv = qemu_argv(kernel, initrd, console_log=console, agent_socket=sock_path, extra_cmdline=extra_cmdline,
+                     cpu=cpu)
     with BootedVm(argv) as vm:
         to_ready = asyncio.run(_talk(vm, sock_path, sandbox_id, timeout))
         code = vm.wait_exit(10.0)
@@ -189,13 +190,14 @@ def write_bare_initrd(path: Path, busybox: Path = BUSYBOX) -> None:
 
 
 def boot_bare(kernel: Path, initrd: Path, workdir: Path, *, timeout: float = 60.0,
-              extra_cmdline: str = "") -> float:
+              extra_cmdline: str = "", cpu: str = TCG_CPU) -> float:
     """Seconds from QEMU's launch until a guest that powers off at once has made QEMU exit.
 
     Raises:
         HypervisorError: when QEMU does not exit in time.
     """
-    argv = qemu_argv(kernel, initrd, console_log=workdir / "bare-console.log", extra_cmdline=extra_cmdline)
+    argv = qemu_argv(kernel, initrd, console_log=workdir / "bare-console.log", extra_cmdline=extra_cmdline,
+                     cpu=cpu)
     with BootedVm(argv) as vm:
         vm.wait_exit(timeout)
         return vm.elapsed()

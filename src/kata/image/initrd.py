@@ -82,14 +82,16 @@ def build_inputs(kernel: KernelArtifacts, compression: str) -> dict[str, str]:
     """Everything the image is made from; its hash is the cache key.
 
     Raises:
-        ImageError: when protobuf is not installed.
+        ImageError: when protobuf or pyroute2 is not installed.
     """
     kata_dir, kata_files = python_runtime.kata_guest_sources()
     _, protobuf_version = python_runtime.protobuf_source()
+    _, pyroute2_version = python_runtime.pyroute2_source()
     inputs = {
         "kernel": f"{kernel.package}={kernel.version}",
         "kernel_release": kernel.release,
         "protobuf": protobuf_version,
+        "pyroute2": pyroute2_version,
         "kata_sources": cache.hash_files(kata_dir, kata_files),
         "builder": f"{BUILDER_VERSION}:{_builder_hash()}",
         "compression": compression,
@@ -165,7 +167,11 @@ def stage_tree(root: Path, kernel: KernelArtifacts, key: str, reporter: Reporter
         step.detail = f"{len(libraries)} libraries"
     with reporter.step("byte-compile") as step:
         python_runtime.compile_tree(root)
-        step.detail = f"{python_runtime.check_bytecode(root)} unchecked-hash .pyc"
+        facts["sources_removed"] = python_runtime.strip_sources(root)
+        step.detail = f"{python_runtime.check_bytecode(root)} unchecked-hash .pyc, sources removed"
+    with reporter.step("code cache") as step:
+        facts["codecache_sources"] = python_runtime.record_codecache(root, runtime.guest_modules)
+        step.detail = f"{facts['codecache_sources']} generated sources precompiled"
     tree.write_image_info(root, {"key": key, "kernel": kernel.release, "flavour": kernel.flavour})
     return facts
 

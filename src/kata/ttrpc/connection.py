@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from google.protobuf.message import DecodeError
 
 from kata.errors import ProtocolError
-from kata.protocols.pb import ttrpc_pb2
+from kata.ttrpc import wire
 from kata.ttrpc.events import (
     ClientEvent,
     ProtocolViolation,
@@ -92,12 +92,7 @@ class ClientConnection:
         stream_id = self._next_stream_id
         if stream_id > MAX_STREAM_ID:
             raise UnavailableError("all client stream ids are used up; reconnect")
-        request = ttrpc_pb2.Request(
-            service=service, method=method, payload=payload, timeout_nano=timeout_nano
-        )
-        for key, value in metadata:
-            request.metadata.add(key=key, value=value)
-        body = request.SerializeToString()
+        body = wire.encode_request(service, method, payload, timeout_nano, metadata)
         if len(body) > self._limit:
             raise ResourceExhaustedError(
                 f"{service}/{method}: request {oversized_message(len(body), self._limit)}"
@@ -145,12 +140,11 @@ class ClientConnection:
             message = f"response {oversized_message(frame.length, self._limit)}"
             return StreamFailed(stream_id, ResourceExhaustedError(message))
         try:
-            response = ttrpc_pb2.Response.FromString(frame.payload)
+            code, message, payload = wire.decode_response(frame.payload)
         except DecodeError as exc:
             problem = f"stream {stream_id}: malformed response envelope: {exc}"
             return StreamFailed(stream_id, ProtocolError(problem))
-        status = response.status
-        return ResponseReceived(stream_id, status.code, status.message, response.payload)
+        return ResponseReceived(stream_id, code, message, payload)
 
 
 class ServerConnection:
@@ -192,21 +186,13 @@ class ServerConnection:
         status, so the peer always gets an answer. Never raises.
         """
         self._active.discard(stream_id)
-        response = ttrpc_pb2.Response(payload=payload)
-        status = response.status
-        status.SetInParent()  # OK travels as an empty Status, as containerd/ttrpc sends it
-        if code:
-            status.code = code
-            status.message = message
-        body = response.SerializeToString()
+        # OK travels as an empty Status (no message either), as containerd/ttrpc sends it.
+        body = wire.encode_response(code, message if code else "", payload)
         if len(body) > self._limit:
-            status.code = Code.RESOURCE_EXHAUSTED
-            status.message = f"response {oversized_message(len(body), self._limit)}"
-            response.payload = b""
-            body = response.SerializeToString()
+            code = Code.RESOURCE_EXHAUSTED
+            body = wire.encode_response(code, f"response {oversized_message(len(body), self._limit)}", b"")
             if len(body) > self._limit:  # only with absurdly small limits: the bare code must do
-                status.message = ""
-                body = response.SerializeToString()
+                body = wire.encode_response(code, "", b"")
         return encode_header(len(body), stream_id, _RESPONSE, 0) + body
 
     def send_error(self, stream_id: int, error: BaseException) -> bytes:
@@ -240,7 +226,7 @@ class ServerConnection:
         if self._closed:
             return StreamFailed(stream_id, UnavailableError("server is shutting down"))
         try:
-            request = ttrpc_pb2.Request.FromString(frame.payload)
+            request = wire.Request.FromString(frame.payload)
         except DecodeError as exc:
             problem = f"stream {stream_id}: malformed request envelope: {exc}"
             return StreamFailed(stream_id, ProtocolError(problem))

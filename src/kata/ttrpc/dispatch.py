@@ -11,7 +11,7 @@ from google.protobuf.message import DecodeError, Message
 from kata.ttrpc.events import RequestReceived
 from kata.ttrpc.status import InternalError, InvalidArgumentError, UnimplementedError
 
-__all__ = ["CallContext", "Handler", "MethodSpec", "PreparedCall", "Router"]
+__all__ = ["CallContext", "Handler", "MethodSpec", "PreparedCall", "Router", "call_context"]
 
 # A handler takes the decoded request and the call's context and returns the
 # response message; on the asyncio server it may instead return an awaitable of it.
@@ -149,16 +149,21 @@ class Router:
             raise InvalidArgumentError(
                 f"{request.service}/{request.method}: cannot decode {request_type.__name__}: {exc}"
             ) from exc
-        metadata = _NO_METADATA
-        if request.metadata:
-            collected: dict[str, tuple[str, ...]] = {}
-            for pair in request.metadata:
-                key = pair.key.lower()
-                collected[key] = (*collected.get(key, ()), pair.value)
-            metadata = collected
-        timeout_nano = request.timeout_nano
-        deadline = time.monotonic() + timeout_nano / 1e9 if timeout_nano else None
-        context = CallContext(
-            request.service, request.method, stream_id=event.stream_id, metadata=metadata, deadline=deadline
-        )
-        return PreparedCall(handler, message, response_type, context)
+        return PreparedCall(handler, message, response_type, call_context(event))
+
+
+def call_context(event: RequestReceived) -> CallContext:
+    """The context of a received request: its metadata, and its deadline (which starts now)."""
+    request = event.request
+    metadata = _NO_METADATA
+    if request.metadata:
+        collected: dict[str, tuple[str, ...]] = {}
+        for pair in request.metadata:
+            key = pair.key.lower()
+            collected[key] = (*collected.get(key, ()), pair.value)
+        metadata = collected
+    timeout_nano = request.timeout_nano
+    deadline = time.monotonic() + timeout_nano / 1e9 if timeout_nano else None
+    return CallContext(
+        request.service, request.method, stream_id=event.stream_id, metadata=metadata, deadline=deadline
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from kata.errors import KataError, ProtocolError
-from kata.protocols.pb import ttrpc_pb2
+from kata.ttrpc.wire import Request
 
 __all__ = [
     "ClientEvent",
@@ -21,7 +21,7 @@ class RequestReceived(NamedTuple):
     """Server side: a well-formed request opened ``stream_id``; answer it exactly once."""
 
     stream_id: int
-    request: ttrpc_pb2.Request
+    request: Request
 
 
 class ResponseReceived(NamedTuple):

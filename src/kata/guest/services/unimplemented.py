@@ -15,13 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = ["REASONS", "unimplemented_methods"]
 
-NETWORK = "guest networking arrives with the networking issue (netlink in the guest)"
 REASONS: dict[str, str] = {
-    "UpdateInterface": NETWORK,
-    "UpdateRoutes": NETWORK,
-    "ListInterfaces": NETWORK,
-    "ListRoutes": NETWORK,
-    "AddARPNeighbors": NETWORK,
     "GetIPTables": "the guest image carries no iptables",
     "SetIPTables": "the guest image carries no iptables",
     "UpdateEphemeralMounts": "ephemeral mount updates are not supported",

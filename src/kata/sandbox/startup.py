@@ -1,0 +1,105 @@
+"""The steps of creating a sandbox; each registers its undo on the caller's AsyncExitStack when it acquires."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from kata.agent import AgentClient
+from kata.config import Config, LoadedConfig, load_config
+from kata.hypervisor import SHARED_FS_TAG, Hypervisor, new_hypervisor, shared_fs_for
+from kata.hypervisor.accel import choose_accelerator
+from kata.sandbox.errors import SandboxError
+from kata.sandbox.mounts import make_shared, remove_tree, unmount
+from kata.sandbox.paths import VM_LAYOUT, GuestLayout, SandboxPaths
+from kata.sandbox.requests import sandbox_request, shared_storage
+
+__all__ = ["SandboxOptions", "connect_agent", "create_in_guest", "make_state_dir", "resolve_config", "start_vm"]
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    """Per-sandbox facts beyond the configuration."""
+
+    hostname: str = ""
+    dns: tuple[str, ...] = ()
+    guest: GuestLayout = VM_LAYOUT
+    start_timeout: float = 30.0
+
+
+def resolve_config(config: Config | LoadedConfig | None) -> Config:
+    """The configuration to use: as given, or loaded from the search list.
+
+    Raises:
+        ConfigError: the configuration files are invalid.
+    """
+    if config is None:
+        return load_config().config
+    return config.config if isinstance(config, LoadedConfig) else config
+
+
+def make_state_dir(stack: AsyncExitStack, paths: SandboxPaths) -> None:
+    """Create the state dir and the shared dir (a shared mount); undo: unmount, remove both.
+
+    Raises:
+        SandboxError: the sandbox exists already, or a directory or mount cannot be made.
+    """
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        paths.directory.mkdir(mode=0o750)
+    except FileExistsError as exc:
+        raise SandboxError(f"sandbox {paths.sandbox_id} already exists ({paths.directory})",
+                           sandbox_id=paths.sandbox_id) from exc
+    except OSError as exc:
+        raise SandboxError(f"create {paths.directory}: {exc.strerror}", sandbox_id=paths.sandbox_id) from exc
+    stack.callback(remove_tree, paths.directory)
+    paths.shared.mkdir(mode=0o750)
+    make_shared(paths.shared)
+    stack.callback(unmount, paths.shared)
+
+
+async def start_vm(stack: AsyncExitStack, config: Config, paths: SandboxPaths, options: SandboxOptions) -> Hypervisor:
+    """Pick the accelerator, prepare and start the VM with the shared dir; undo: stop it.
+
+    Raises:
+        AcceleratorError: no accelerator works.
+        ConfigError: unknown hypervisor name.
+        HypervisorError: the VM could not be prepared or started (the driver leaves nothing behind).
+    """
+    accelerator = (await asyncio.to_thread(choose_accelerator, config.hypervisor)).accelerator
+    vm = new_hypervisor(config.hypervisor_name, config.hypervisor, paths.directory, sandbox_id=paths.sandbox_id,
+                        accelerator=accelerator)
+    devices = [] if options.guest.host_mode else [shared_fs_for(config.hypervisor, vm.paths, str(paths.shared))]
+    await vm.prepare([d for d in devices if d is not None])
+    stack.push_async_callback(vm.stop)
+    await vm.start(timeout=options.start_timeout)
+    return vm
+
+
+async def connect_agent(stack: AsyncExitStack, url: str, dial_timeout: float) -> AgentClient:
+    """Connect to the agent and wait until it answers Health.Check, both within ``dial_timeout`` s; undo: close.
+
+    Raises:
+        AgentError: no connection, or no SERVING answer in time.
+    """
+    deadline = time.monotonic() + dial_timeout
+    agent = await AgentClient.connect(url, timeout=dial_timeout)
+    stack.push_async_callback(agent.close)
+    await agent.wait_ready(max(0.1, deadline - time.monotonic()))
+    return agent
+
+
+async def create_in_guest(agent: AgentClient, config: Config, paths: SandboxPaths, options: SandboxOptions,
+                          dns: Sequence[str]) -> None:
+    """CreateSandbox: hostname, DNS, the shared dir's storage and the configured kernel modules.
+
+    Raises:
+        SandboxError: no shared fs is configured.
+        RpcError: the agent refused.
+    """
+    storage = shared_storage(config.hypervisor.shared_fs, options.guest, str(paths.shared), SHARED_FS_TAG)
+    await agent.create_sandbox(sandbox_request(paths.sandbox_id, hostname=options.hostname, dns=dns,
+                                               storages=(storage,), modules=config.agent.kernel_modules))
