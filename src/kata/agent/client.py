@@ -172,6 +172,11 @@ class AgentClient:
     async def resume_container(self, container_id: str) -> None:
         await self._empty("ResumeContainer", agent_pb2.ResumeContainerRequest(container_id=container_id))
 
+    async def get_oom_event(self) -> str:
+        """Block until a container is OOM-killed in the guest; its id."""
+        answer = await self._call("GetOOMEvent", agent_pb2.GetOOMEventRequest(), agent_pb2.OOMEvent, timeout=None)
+        return answer.container_id
+
     async def stats_container(self, container_id: str) -> agent_pb2.StatsContainerResponse:
         """Raw cgroup statistics (kept as protobuf: the shim forwards them as cgroup metrics)."""
         return await self._call("StatsContainer", agent_pb2.StatsContainerRequest(

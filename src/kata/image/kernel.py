@@ -184,7 +184,8 @@ def fetch_kernel(flavour: str = "cloud", cache_dir: Path = DEFAULT_CACHE_DIR) ->
     package, version = resolve_kernel_package(flavour)
     target = cache_dir / "kernels" / f"{package}_{version}"
     meta_file = target / "kernel.json"
-    if not meta_file.exists():
+    complete = all((target / name).is_file() for name in ("kernel.json", "vmlinuz", "vmlinux"))
+    if not complete:  # a partial directory (interrupted or pruned) is fetched again
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as work:
             root = _unpack(package, version, Path(work))
