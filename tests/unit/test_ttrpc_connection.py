@@ -328,3 +328,17 @@ def test_fuzz_client_and_server_back_to_back(
         assert response.message == ("why" if code else "")
         assert response.payload == expected[response.stream_id][2]
     assert client.pending == server.active == 0
+
+
+def test_restartable_server_starts_a_new_session_when_a_client_starts_over() -> None:
+    first, second = ClientConnection(), ClientConnection()
+    frames = [first.send_request("s", "m", b"")[1] for _ in range(2)]  # streams 1 and 3
+    restartable = ServerConnection(restartable=True)
+    assert [type(e).__name__ for e in restartable.receive_data(b"".join(frames))] == ["RequestReceived"] * 2
+    events = restartable.receive_data(second.send_request("s", "m", b"")[1])
+    assert [type(e).__name__ for e in events] == ["SessionRestarted", "RequestReceived"]
+    assert events[1].stream_id == 1
+    strict = ServerConnection()
+    strict.receive_data(b"".join(frames))
+    (refused,) = strict.receive_data(ClientConnection().send_request("s", "m", b"")[1])
+    assert not isinstance(refused, RequestReceived)  # without restarts a reused id stays an error

@@ -11,6 +11,7 @@ from kata.ttrpc.events import (
     RequestReceived,
     ResponseReceived,
     ServerEvent,
+    SessionRestarted,
     StreamFailed,
 )
 from kata.ttrpc.frames import (
@@ -84,6 +85,7 @@ __all__ = [
     "Router",
     "ServerConnection",
     "ServerEvent",
+    "SessionRestarted",
     "StatusError",
     "StreamFailed",
     "UnauthenticatedError",

@@ -109,7 +109,7 @@ class Channel:
         self.stream = stream
         self.limit = limit
         self.reconnectable = reconnectable
-        self.conn = ServerConnection(max_message_size=limit)
+        self.conn = ServerConnection(max_message_size=limit, restartable=reconnectable)
         self.calls: dict[int, Pending] = {}
         self.lock = threading.Lock()
         self.closed = False
@@ -123,7 +123,13 @@ class Channel:
         self.generation += 1
         with self.lock:
             self._orphan_calls()
-            self.conn = ServerConnection(max_message_size=self.limit)
+            self.conn = ServerConnection(max_message_size=self.limit, restartable=self.reconnectable)
+
+    def restart(self) -> None:
+        """A new peer started over without a hang-up in between: orphan the old session's calls."""
+        self.generation += 1
+        with self.lock:
+            self._orphan_calls()
 
     def close(self) -> None:
         """Orphan pending calls and close the stream. Never raises."""

@@ -19,7 +19,7 @@ from kata.errors import RpcError
 from kata.ttrpc._channel import Channel, FdStream, Pending, SocketStream, Stream
 from kata.ttrpc._workers import WorkerPool
 from kata.ttrpc.dispatch import Router
-from kata.ttrpc.events import RequestReceived, StreamFailed
+from kata.ttrpc.events import RequestReceived, SessionRestarted, StreamFailed
 from kata.ttrpc.frames import MAX_MESSAGE_SIZE
 from kata.ttrpc.sockets import remove_socket_file, socket_file_inode
 from kata.ttrpc.status import Code, DeadlineExceededError, InternalError, status_for_exception
@@ -298,6 +298,8 @@ class BlockingServer:
             elif isinstance(event, StreamFailed):
                 self._report(f"event=stream-rejected stream={event.stream_id} error={event.error}")
                 channel.reject(event.stream_id, event.error)
+            elif isinstance(event, SessionRestarted):
+                channel.restart()
             else:
                 self._report(f"event=protocol-violation error={event.error}")
 

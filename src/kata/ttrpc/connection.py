@@ -14,6 +14,7 @@ from kata.ttrpc.events import (
     RequestReceived,
     ResponseReceived,
     ServerEvent,
+    SessionRestarted,
     StreamFailed,
 )
 from kata.ttrpc.frames import (
@@ -150,14 +151,16 @@ class ClientConnection:
 class ServerConnection:
     """The server half of a ttRPC connection: validates requests and encodes responses."""
 
-    __slots__ = ("_active", "_closed", "_decoder", "_last_stream_id", "_limit")
+    __slots__ = ("_active", "_closed", "_decoder", "_last_stream_id", "_limit", "_restartable")
 
-    def __init__(self, *, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
+    def __init__(self, *, max_message_size: int = MAX_MESSAGE_SIZE, restartable: bool = False) -> None:
+        """``restartable``: a request on stream 1 after others starts a new session (SessionRestarted)."""
         self._decoder = FrameDecoder(max_message_size)
         self._limit = max_message_size
         self._last_stream_id = 0
         self._active: set[int] = set()
         self._closed = False
+        self._restartable = restartable
 
     @property
     def active(self) -> int:
@@ -172,6 +175,10 @@ class ServerConnection:
         """Consume received bytes; return the events they complete. Never raises."""
         events: list[ServerEvent] = []
         for frame in self._decoder.feed(data):
+            if self._restartable and frame.type == _REQUEST and frame.stream_id == 1 and self._last_stream_id:
+                self._last_stream_id = 0
+                self._active.clear()
+                events.append(SessionRestarted(1))
             event = self._handle(frame)
             if event is not None:
                 events.append(event)

@@ -13,6 +13,7 @@ __all__ = [
     "RequestReceived",
     "ResponseReceived",
     "ServerEvent",
+    "SessionRestarted",
     "StreamFailed",
 ]
 
@@ -52,5 +53,16 @@ class ProtocolViolation(NamedTuple):
     error: ProtocolError
 
 
-ServerEvent = RequestReceived | StreamFailed | ProtocolViolation
+class SessionRestarted(NamedTuple):
+    """Server side, restartable streams only: a new client started over at stream id 1.
+
+    A virtio-serial port stays open while host processes come and go; under TCG the guest can miss
+    the hang-up between two of them. The calls of the previous session are orphaned: their answers
+    must not reach the new client.
+    """
+
+    stream_id: int
+
+
+ServerEvent = RequestReceived | StreamFailed | ProtocolViolation | SessionRestarted
 ClientEvent = ResponseReceived | StreamFailed | ProtocolViolation

@@ -12,7 +12,7 @@ from kata.errors import RpcError
 from kata.ttrpc.aio.transport import BufferedPipe, Pipe, StreamPipe
 from kata.ttrpc.connection import ServerConnection
 from kata.ttrpc.dispatch import PreparedCall, Router
-from kata.ttrpc.events import RequestReceived, StreamFailed
+from kata.ttrpc.events import ProtocolViolation, RequestReceived, StreamFailed
 from kata.ttrpc.frames import MAX_MESSAGE_SIZE
 from kata.ttrpc.sockets import remove_socket_file, socket_file_inode
 from kata.ttrpc.status import Code, DeadlineExceededError, status_for_exception
@@ -41,7 +41,7 @@ class _Peer:
             elif isinstance(event, StreamFailed):
                 _log.info("event=stream-rejected stream=%d error=%s", event.stream_id, event.error)
                 self.pipe.write(self.conn.send_error(event.stream_id, event.error))
-            else:
+            elif isinstance(event, ProtocolViolation):
                 _log.warning("event=protocol-violation stream=%d error=%s", event.stream_id, event.error)
 
     def connection_lost(self, reason: str) -> None:

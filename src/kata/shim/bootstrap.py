@@ -1,0 +1,180 @@
+"""The short-lived verbs containerd runs: ``start`` (spawn or reuse the daemon, print its address) and
+``delete`` (clean up after a dead daemon, print a DeleteResponse)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import sys
+import time
+
+from kata.errors import KataError
+from kata.shim.address import socket_address, socket_path
+from kata.shim.main import ShimFlags
+from kata.shim.pod import membership, read_annotations
+
+__all__ = ["DELETE_DIAL_TIMEOUT", "KILLED_EXIT_STATUS", "can_connect", "delete", "start", "write_atomically"]
+
+_log = logging.getLogger("kata.shim")
+KILLED_EXIT_STATUS = 137  # what a dead shim's task reports: 128 + SIGKILL, as containerd's shims say
+DELETE_DIAL_TIMEOUT = 1.0  # containerd gives `delete` 5 s in all; a live agent answers much faster
+LISTEN_FD = 3
+
+
+class ShimStartError(KataError):
+    """``start`` could not create the socket or spawn the daemon."""
+
+
+def can_connect(path: str, timeout: float = 0.1) -> bool:
+    """Whether something accepts connections on the unix socket ``path`` (containerd's CanConnect)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write ``.name`` next to ``path`` and rename it over (containerd's WriteAddress)."""
+    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}")
+    with open(temporary, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.rename(temporary, path)
+
+
+def _read_options() -> bytes:
+    """containerd writes the runtime options (a serialized Any) to stdin; nothing when there are none."""
+    if sys.stdin is None or sys.stdin.isatty():
+        return b""
+    return sys.stdin.buffer.read()
+
+
+def _listen(path: str) -> socket.socket | None:
+    """A socket listening on ``path``; None when a live daemon already serves it."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            if can_connect(path):
+                sock.close()
+                return None
+            os.unlink(path)  # a dead daemon's socket
+            sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ShimStartError(f"listen on {path}: {exc.strerror}") from exc
+    return sock
+
+
+def _daemon_argv(flags: ShimFlags, config_path: str) -> list[str]:
+    argv = [sys.executable, os.path.abspath(sys.argv[0]), "-namespace", flags.namespace, "-id", flags.id,
+            "-address", flags.address, "-publish-binary", flags.publish_binary]
+    if flags.debug:
+        argv.append("-debug")
+    if config_path:
+        argv += ["-config", config_path]
+    return argv
+
+
+def _spawn_daemon(argv: list[str], listener: socket.socket) -> int:
+    """The daemon in a new session, stdio on /dev/null, the listener on fd 3; its pid."""
+    fd = listener.fileno()
+    moved = os.dup(fd) if fd == LISTEN_FD else fd  # dup2(3, 3) would leave close-on-exec set
+    null = os.devnull
+    actions = [(os.POSIX_SPAWN_OPEN, 0, null, os.O_RDONLY, 0), (os.POSIX_SPAWN_OPEN, 1, null, os.O_WRONLY, 0),
+               (os.POSIX_SPAWN_OPEN, 2, null, os.O_WRONLY, 0), (os.POSIX_SPAWN_DUP2, moved, LISTEN_FD)]
+    try:
+        return os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions, setsid=True)
+    except OSError as exc:
+        raise ShimStartError(f"spawn the shim daemon: {exc.strerror}") from exc
+    finally:
+        if moved != fd:
+            os.close(moved)
+
+
+def start(flags: ShimFlags) -> int:
+    """Print the address of the daemon serving this task: a pod's sandbox's, or a new one's.
+
+    containerd reads stdout and stderr together as the address: nothing else may be printed.
+
+    Raises:
+        ConfigError: the runtime options name a configuration that does not load.
+        RpcError: the runtime options do not decode.
+        ShimStartError: the socket or the daemon could not be made.
+    """
+    bundle = flags.bundle or os.getcwd()
+    os.chdir(bundle)
+    config_path = ""
+    if options := _read_options():
+        from kata.config import load_config
+        from kata.shim.translate import config_path_from_stdin
+        config_path = config_path_from_stdin(options)
+        load_config(config_path or None)  # a broken configuration fails here, where ctr shows it
+    member = membership(flags.id, read_annotations(bundle))
+    address = socket_address(flags.address, flags.namespace, member.sandbox_id)
+    if not member.joins and (listener := _listen(socket_path(address))) is not None:
+        with listener:
+            pid = _spawn_daemon(_daemon_argv(flags, config_path), listener)
+        write_atomically(os.path.join(bundle, "shim.pid"), str(pid))
+    write_atomically(os.path.join(bundle, "address"), address)
+    sys.stdout.write(address)
+    return 0
+
+
+async def _cleanup(sandbox_id: str, container_id: str) -> None:
+    from kata.sandbox import AsyncSandbox, SandboxNotFoundError, SandboxState
+    try:
+        sandbox = await AsyncSandbox.load(sandbox_id, dial_timeout=DELETE_DIAL_TIMEOUT)
+    except SandboxNotFoundError:
+        return
+    if container_id == sandbox_id:
+        await sandbox.delete()
+        return
+    with contextlib.suppress(SandboxNotFoundError):
+        await sandbox.container(container_id).delete(force=True)
+    if sandbox.state in (SandboxState.RUNNING, SandboxState.PAUSED):
+        await sandbox.detach()
+
+
+def delete(flags: ShimFlags) -> int:
+    """After a daemon died: stop its sandbox (or remove the container from its pod's), unmount the
+    rootfs, and print a DeleteResponse (exit status 137). A live daemon is left alone: containerd runs
+    ``delete`` after every disconnect, also of a healthy pod's later containers."""
+    import asyncio
+
+    from kata.log import configure
+    from kata.shim.rootfs import RootfsError, unmount_all
+    from kata.shim.tasks import Exit
+    from kata.shim.translate import delete_response
+
+    configure()  # warnings on stderr: containerd logs them as cleanup warnings
+    bundle = flags.bundle or os.getcwd()
+    member = membership(flags.id, read_annotations(bundle))
+    path = socket_path(socket_address(flags.address, flags.namespace, member.sandbox_id))
+    if not can_connect(path):
+        try:
+            asyncio.run(_cleanup(member.sandbox_id, flags.id))
+        except KataError as exc:
+            _log.error("clean up %s: %s", flags.id, exc)
+        if not member.joins:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    with contextlib.suppress(RootfsError):
+        unmount_all(os.path.join(bundle, "rootfs"))
+    response = delete_response(0, Exit(KILLED_EXIT_STATUS, time.time()))
+    sys.stdout.buffer.write(response.SerializeToString())
+    sys.stdout.flush()
+    return 0

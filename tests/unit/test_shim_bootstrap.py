@@ -1,0 +1,76 @@
+"""``start`` for a pod's later container (no daemon) and ``delete`` with nothing left to clean."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from google.protobuf import any_pb2
+
+from kata.protocols.pb import runtimeoptions_pb2, shim_task_pb2
+from kata.shim.address import socket_address
+from kata.shim.bootstrap import _listen, can_connect
+from kata.shim.main import main
+
+CRI = "io.kubernetes.cri"
+
+
+def bundle(tmp_path: Path, annotations: dict[str, str]) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "annotations": annotations}))
+    return tmp_path
+
+
+def stdin(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+
+def test_start_of_a_pod_container_answers_the_sandboxs_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    directory = bundle(tmp_path / "app", {f"{CRI}.container-type": "container", f"{CRI}.sandbox-id": "pod"})
+    monkeypatch.chdir(directory)
+    stdin(monkeypatch, b"")
+    assert main(["-namespace", "k8s.io", "-address", "/run/c.sock", "-publish-binary", "/bin/c", "-id", "app",
+                 "start"]) == 0
+    expected = socket_address("/run/c.sock", "k8s.io", "pod")
+    assert capsys.readouterr() == (expected, "")  # stdout + stderr are the address, nothing else
+    assert (directory / "address").read_text() == expected
+    assert not (directory / "shim.pid").exists()
+
+
+def test_start_fails_on_a_configuration_that_does_not_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(bundle(tmp_path, {}))
+    options = runtimeoptions_pb2.Options(config_path=str(tmp_path / "missing.toml"))
+    stdin(monkeypatch, any_pb2.Any(type_url="runtimeoptions.v1.Options",
+                                   value=options.SerializeToString()).SerializeToString())
+    assert main(["-namespace", "default", "-address", "/run/c.sock", "-id", "c1", "start"]) == 1
+    assert "missing.toml" in capsys.readouterr().err
+
+
+def test_delete_with_nothing_left_prints_a_delete_response(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    monkeypatch.setenv("KATA_ROOT", str(tmp_path / "run"))
+    directory = bundle(tmp_path / "gone", {})
+    assert main(["-namespace", "default", "-address", str(tmp_path / "c.sock"), "-id", "gone", "-bundle",
+                 str(directory), "delete"]) == 0
+    response = shim_task_pb2.DeleteResponse.FromString(capsysbinary.readouterr().out)
+    assert response.exit_status == 137 and response.exited_at.seconds > 0
+
+
+def test_listen_replaces_a_dead_daemons_socket_and_defers_to_a_live_one(tmp_path: Path) -> None:
+    path = str(tmp_path / "s" / "shim.sock")
+    first = _listen(path)
+    assert first is not None and can_connect(path)
+    assert _listen(path) is None  # a live daemon serves it
+    first.close()  # the daemon died; its socket file stays
+    assert not can_connect(path)
+    second = _listen(path)
+    assert second is not None and can_connect(path)
+    second.close()
+    with socket.socket(socket.AF_UNIX) as probe:
+        assert probe.connect_ex(path) != 0
