@@ -47,8 +47,8 @@ test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 demo: setup
-	kata-runtime check --verbose
-	kata-runtime env | sed -n '/^\[hypervisor.accelerator\]/,/^$$/p;/^\[kernel\]/,/^$$/p'
+	kata-runtime check
+	$(PY) tools/demo.py
 
 protos: venv
 	$(PY) tools/genprotos.py
