@@ -18,6 +18,7 @@ STATE_ROOTS = (Path("/run/kata"), Path("/run/vc"))
 # lock, so two VM suites never compete for the 2 cores at once.
 VM_LOCK = Path("/tmp/pykata-vm.lock")
 PR_SET_CHILD_SUBREAPER = 36
+PYTEST_TMP_PREFIX = "/tmp/pytest-of-"
 
 
 def _parent_of(pid: int) -> int:
@@ -101,12 +102,21 @@ class HostSnapshot:
         return {kind: items for kind, items in leaks.items() if items}
 
 
+def _foreign_mount(path: str, basetemp: Path) -> bool:
+    """A mount in another pytest session's temporary tree (a developer running tests beside us)."""
+    return path.startswith(PYTEST_TMP_PREFIX) and not path.startswith(f"{basetemp}/")
+
+
 @pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
+def no_leaks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Fail the test if it left a VMM/shim process, mount, link, netns or state dir behind."""
+    basetemp = tmp_path_factory.getbasetemp()
     before = HostSnapshot.take()
     yield
     leaks = HostSnapshot.take().leaked_since(before)
+    mounts = [m for m in leaks.pop("mounts", []) if not _foreign_mount(m, basetemp)]
+    if mounts:
+        leaks["mounts"] = mounts
     for line in leaks.get("processes", []):
         # Kill what leaked so one bad test does not fail every later one.
         os.kill(int(line.split()[0]), signal.SIGKILL)

@@ -16,7 +16,8 @@ from typing import TypeVar
 import pytest
 
 from kata.agent import AgentClient, ContainerRequest, ExecRequest, SandboxRequest, Storage
-from kata.oci import Process
+from kata.errors import AgentError, RpcError
+from kata.oci import CPU, Process, Resources
 from kata.protocols.pb import agent_pb2
 from kata.ttrpc.status import (
     AlreadyExistsError,
@@ -103,6 +104,29 @@ def test_health_and_version(agent: HostAgent) -> None:
     serving, version = run(agent, scenario)
     assert serving
     assert version == "0.1.0"
+
+
+def test_a_timeout_that_is_not_positive_is_an_agent_error(agent: HostAgent) -> None:
+    async def scenario(client: AgentClient) -> None:
+        for timeout in (0.0, -1.0):
+            with pytest.raises(AgentError, match="no time left"):
+                await client.wait_ready(timeout)
+            with pytest.raises(AgentError, match="no time left"):
+                await client.check(timeout=timeout)
+        assert await client.wait_ready(5) >= 0  # the connection is still good
+    run(agent, scenario)
+
+
+def test_update_container_reaches_the_agent(agent: HostAgent) -> None:
+    async def scenario(client: AgentClient) -> None:
+        await client.create_sandbox(SandboxRequest(sandbox_id="sb1"))
+        await create(client, agent, "c1", "sleep", "100")
+        with pytest.raises(NotFoundError):
+            await client.update_container("nope", Resources())
+        with pytest.raises(RpcError, match="no cgroup"):  # this agent runs without --cgroup-root
+            await client.update_container("c1", Resources(cpu=CPU(shares=512)))
+        await client.remove_container("c1")
+    run(agent, scenario)
 
 
 def test_container_runs_with_its_own_pid_namespace_hostname_and_exit_code(agent: HostAgent) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kata.errors import StateError
+from kata.errors import RpcError, StateError
+from kata.oci import CPU, Resources
 from kata.oci.model import Mount
 from kata.sandbox import (
     PHASES,
@@ -20,6 +21,7 @@ from kata.sandbox import (
     ContainerState,
     OutputBuffer,
     Sandbox,
+    SandboxError,
     SandboxLostError,
     SandboxState,
 )
@@ -128,6 +130,23 @@ def test_exec_stdin_pipes_exit_codes_and_guards(setup: HostModeSetup, tmp_path: 
             c.start()
 
 
+def test_an_exec_id_is_free_again_once_waited_for(setup: HostModeSetup, tmp_path: Path) -> None:
+    with create(setup) as sb:
+        c = sb.create_container(make_bundle(tmp_path / "b", "sleep", "1000"), container_id="c")
+        c.start()
+        sleeper = c.exec(["sleep", "1000"], exec_id="e")
+        with pytest.raises(SandboxError, match="exec id e is in use"):
+            c.exec(["true"], exec_id="e")
+        sleeper.kill(signal.SIGKILL)
+        assert sleeper.wait() == 137
+        for status in (3, 5):  # the agent forgot it too: the id can be used again, and again
+            out = OutputBuffer()
+            again = c.exec(["sh", "-c", f"echo again; exit {status}"], exec_id="e", stdout=out)
+            assert (again.wait(), out.getvalue()) == (status, b"again\n")
+        assert sleeper.wait() == 137  # a waited-for exec keeps its status
+        c.delete(force=True)
+
+
 def test_terminal_init_resize_and_terminal_exec(setup: HostModeSetup, tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "b", "sh", "-c", "read go; tty; stty size; sleep 1000", terminal=True)
     with create(setup) as sb:
@@ -193,8 +212,19 @@ def test_container_pause_resume_and_stats_with_cgroups(tmp_path: Path, cgroup_ro
         assert json.loads(sb.paths.container_state("c").read_text())["state"] == "paused"
         with pytest.raises(StateError, match="cannot exec while paused"):
             c.exec(["true"])
+        with pytest.raises(StateError, match="cannot update while paused"):
+            c.update(Resources(cpu=CPU(quota=50000, period=100000)))
         c.resume()
         stats = c.stats()
         # The host's hybrid cgroup v2 mount has no memory or pids controller: cpu is what it counts.
         assert stats.cpu_usage_ns > 0 and stats.raw is not None
+        c.update(Resources())  # the UpdateContainer round trip, whatever controllers there are
+        limits = Resources(cpu=CPU(quota=50000, period=100000))
+        if "cpu" in (cgroup_root / "cgroup.controllers").read_text().split():
+            c.update(limits)
+            assert [f.read_text() for f in cgroup_root.rglob("cpu.max")
+                    if f.parent != cgroup_root] == ["50000 100000\n"]
+        else:
+            with pytest.raises(RpcError, match=r"cpu\.max"):  # the guest's refusal reaches the caller
+                c.update(limits)
         c.delete(force=True)

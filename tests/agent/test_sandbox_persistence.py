@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kata.errors import StateError
+from kata.errors import AgentError, StateError
 from kata.sandbox import ContainerState, OutputBuffer, Sandbox, SandboxNotFoundError, SandboxState
 from kata.sandbox.procs import is_alive
 from kata.sandbox.records import ProcessRef
@@ -86,6 +87,32 @@ def test_a_sandbox_whose_vm_died_loads_as_lost_and_deletes_cleanly(tmp_path: Pat
         sb.container("c").exec(["true"])
     sb.delete()
     assert not (root / "sb").exists()
+
+
+def test_load_without_connecting_deletes_host_side_and_vm(tmp_path: Path) -> None:
+    create_in_another_process(tmp_path)
+    root = tmp_path / "run"
+    [agent] = json.loads((root / "sb" / "state.json").read_text())["vm"]["processes"]
+    containers = descendants(agent["pid"])  # a real VM takes them along when it stops; host mode does not
+    sb = Sandbox.load("sb", root=root, connect=False)
+    try:
+        assert sb.state is SandboxState.RUNNING and sb.container("c").state is ContainerState.RUNNING
+        with pytest.raises(StateError, match="no agent connection"):
+            sb.container("c").exec(["true"])
+    finally:
+        sb.delete()
+        for pid in containers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        reap([agent["pid"], *containers])
+    assert not (root / "sb").exists()
+    assert not is_alive(ProcessRef(agent["pid"], agent["start_time"]))
+
+
+def test_a_dial_timeout_that_is_not_positive_is_an_agent_error(tmp_path: Path) -> None:
+    for timeout in (0, -1.0):
+        with pytest.raises(AgentError, match="dial_timeout must be positive"):
+            Sandbox.load("sb", root=tmp_path, dial_timeout=timeout)
 
 
 def test_detach_in_process_then_load(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 from google.protobuf import any_pb2
 
 from kata.protocols.pb import runtimeoptions_pb2, shim_task_pb2
+from kata.sandbox import AsyncSandbox, SandboxState
 from kata.shim.address import socket_address
 from kata.shim.bootstrap import _listen, can_connect
 from kata.shim.main import main
@@ -60,6 +61,49 @@ def test_delete_with_nothing_left_prints_a_delete_response(tmp_path: Path, monke
                  str(directory), "delete"]) == 0
     response = shim_task_pb2.DeleteResponse.FromString(capsysbinary.readouterr().out)
     assert response.exit_status == 137 and response.exited_at.seconds > 0
+
+
+class FakeLoaded:
+    """What delete's cleanup uses of a loaded sandbox, recording the calls."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+        self.state = SandboxState.RUNNING
+
+    async def delete(self, *, force: bool = False) -> None:  # the sandbox's, or (force) a container's
+        self.calls.append("force delete container" if force else "delete sandbox")
+
+    def container(self, container_id: str) -> FakeLoaded:
+        self.calls.append(f"container {container_id}")
+        return self
+
+    async def detach(self) -> bool:
+        self.calls.append("detach")
+        return True
+
+
+@pytest.mark.parametrize(("annotations", "expected"), [
+    ({}, ["load sb connect=False", "delete sandbox"]),
+    ({f"{CRI}.container-type": "container", f"{CRI}.sandbox-id": "sb"},
+     ["load sb connect=True", "container app", "force delete container", "detach"]),
+])
+def test_delete_dials_the_agent_only_for_a_pods_container(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsysbinary: pytest.CaptureFixture[bytes],
+                                                          annotations: dict[str, str], expected: list[str]) -> None:
+    calls: list[str] = []
+
+    async def load(sandbox_id: str, *, dial_timeout: float, connect: bool = True) -> FakeLoaded:
+        assert 0 < dial_timeout < 5  # containerd gives `delete` 5 s in all
+        calls.append(f"load {sandbox_id} connect={connect}")
+        return FakeLoaded(calls)
+
+    monkeypatch.setattr(AsyncSandbox, "load", load)
+    container_id = "app" if annotations else "sb"
+    directory = bundle(tmp_path / container_id, annotations)
+    assert main(["-namespace", "default", "-address", str(tmp_path / "c.sock"), "-id", container_id, "-bundle",
+                 str(directory), "delete"]) == 0
+    assert calls == expected
+    assert shim_task_pb2.DeleteResponse.FromString(capsysbinary.readouterr().out).exit_status == 137
 
 
 def test_listen_replaces_a_dead_daemons_socket_and_defers_to_a_live_one(tmp_path: Path) -> None:

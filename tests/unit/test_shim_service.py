@@ -14,7 +14,8 @@ import pytest
 from google.protobuf import any_pb2
 
 from kata.config import Config
-from kata.oci import Bundle, Process
+from kata.errors import StateError
+from kata.oci import Bundle, Process, Resources
 from kata.protocols.pb import cgroups_v1_metrics_pb2, events_task_pb2, shim_task_pb2
 from kata.sandbox import PIPE, ContainerStats, SandboxLostError
 from kata.sandbox.stdio import StdinTarget, StdoutTarget
@@ -23,6 +24,7 @@ from kata.shim.service import LOST_EXIT_STATUS, TaskService
 from kata.ttrpc.status import (
     AlreadyExistsError,
     FailedPreconditionError,
+    InvalidArgumentError,
     NotFoundError,
     UnimplementedError,
 )
@@ -67,6 +69,7 @@ class FakeContainer(FakeProcess):
         self.paused = False
         self.deleted = False
         self.execs: dict[str, FakeProcess] = {}
+        self.updates: list[Resources] = []
         self.exit_on_start: int | None = None
         if isinstance(stdout, int):
             with os.fdopen(os.dup(stdout), "wb") as out:  # what the relay would write
@@ -94,6 +97,11 @@ class FakeContainer(FakeProcess):
     async def stats(self) -> ContainerStats:
         return ContainerStats(cpu_usage_ns=5, cpu_user_ns=3, cpu_system_ns=2, memory_usage_bytes=4096,
                               memory_max_usage_bytes=8192, memory_limit_bytes=1 << 20, pids_current=1, pids_limit=9)
+
+    async def update(self, resources: Resources) -> None:
+        if self.exit.done():
+            raise StateError("container c1: cannot update while stopped", state="stopped", required=("running",))
+        self.updates.append(resources)
 
     async def delete(self, *, force: bool = False) -> None:
         self.deleted = True
@@ -168,6 +176,12 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
+
+
+def resources_any(resources: dict[str, Any], kind: str = "LinuxResources") -> any_pb2.Any:
+    """What containerd's WithResources sends: typeurl's JSON of specs.LinuxResources."""
+    return any_pb2.Any(type_url=f"types.containerd.io/opencontainers/runtime-spec/1/{kind}",
+                       value=json.dumps(resources).encode())
 
 
 def exec_spec(*args: str) -> any_pb2.Any:
@@ -265,8 +279,6 @@ def test_kill_pause_resume_pids_stats(harness: Harness) -> None:
         await service.kill(t.KillRequest(id="c1", signal=signal.SIGKILL, all=True))
         assert (await service.wait(t.WaitRequest(id="c1"))).exit_status == 137
         with pytest.raises(UnimplementedError):
-            await service.update(t.UpdateTaskRequest(id="c1"))
-        with pytest.raises(UnimplementedError):
             await service.checkpoint(t.CheckpointTaskRequest(id="c1"))
 
     run(scenario)
@@ -348,5 +360,37 @@ def test_stdio_fifos_carry_output_and_stdin_until_close_io(harness: Harness, tmp
         await harness.service.delete(t.DeleteRequest(id="c1"))
         assert os.read(reader, 100) == b""  # our end of stdout is closed
         os.close(reader)
+
+    run(scenario)
+
+
+def test_update_passes_linux_resources_to_the_container(harness: Harness) -> None:
+    async def scenario() -> None:
+        service = harness.service
+        await harness.create("c1")
+        await service.start(t.StartRequest(id="c1"))
+        limits = {"memory": {"limit": 268435456}, "cpu": {"shares": 512, "quota": 50000, "period": 100000},
+                  "pids": {"limit": 64}}
+        await service.update(t.UpdateTaskRequest(id="c1", resources=resources_any(limits),
+                                                 annotations={"ignored": "yes"}))
+        [update] = harness.container("c1").updates
+        assert update.memory is not None and update.memory.limit == 268435456
+        assert update.cpu is not None and (update.cpu.shares, update.cpu.quota) == (512, 50000)
+        assert update.pids is not None and update.pids.limit == 64
+        bad = [t.UpdateTaskRequest(id="c1"),  # no resources at all
+               t.UpdateTaskRequest(id="c1", resources=resources_any({}, "WindowsResources")),
+               t.UpdateTaskRequest(id="c1", resources=resources_any({"memory": {"limit": "lots"}})),
+               t.UpdateTaskRequest(id="c1", resources=any_pb2.Any(
+                   type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources", value=b"{"))]
+        for request in bad:
+            with pytest.raises(InvalidArgumentError):
+                await service.update(request)
+        with pytest.raises(NotFoundError):
+            await service.update(t.UpdateTaskRequest(id="nope", resources=resources_any(limits)))
+        await service.kill(t.KillRequest(id="c1", signal=signal.SIGKILL))
+        await service.wait(t.WaitRequest(id="c1"))
+        with pytest.raises(FailedPreconditionError):  # the library's StateError, as containerd reads it
+            await service.update(t.UpdateTaskRequest(id="c1", resources=resources_any(limits)))
+        assert len(harness.container("c1").updates) == 1
 
     run(scenario)

@@ -22,6 +22,7 @@ from kata.agent.types import (
     SandboxRequest,
 )
 from kata.errors import AgentError, RpcError
+from kata.oci import Resources
 from kata.protocols.pb import agent_pb2, health_pb2, types_pb2
 from kata.ttrpc.aio import AsyncClient
 from kata.ttrpc.status import Code
@@ -64,7 +65,12 @@ class AgentClient:
     # grpc.Health
 
     async def check(self, *, timeout: float = 5.0) -> bool:
-        """Whether the agent answers Health.Check with SERVING."""
+        """Whether the agent answers Health.Check with SERVING.
+
+        Raises:
+            AgentError: ``timeout`` is not positive.
+        """
+        _check_timeout(self.url, timeout)
         answer = await self._call("Check", health_pb2.CheckRequest(), health_pb2.HealthCheckResponse,
                                   timeout=timeout, service=HEALTH_SERVICE)
         return answer.status == health_pb2.HealthCheckResponse.SERVING
@@ -73,8 +79,9 @@ class AgentClient:
         """Wait until Health.Check answers SERVING; return the seconds it took.
 
         Raises:
-            AgentError: when the agent did not answer within ``timeout``.
+            AgentError: when the agent did not answer within ``timeout`` (or ``timeout`` is not positive).
         """
+        _check_timeout(self.url, timeout)
         start = time.monotonic()
         try:
             if await self.check(timeout=timeout):
@@ -177,6 +184,14 @@ class AgentClient:
         answer = await self._call("GetOOMEvent", agent_pb2.GetOOMEventRequest(), agent_pb2.OOMEvent, timeout=None)
         return answer.container_id
 
+    async def update_container(self, container_id: str, resources: Resources) -> None:
+        """Apply new cgroup limits to a created or running container.
+
+        Raises:
+            OciError: a number does not fit its protobuf field.
+        """
+        await self._empty("UpdateContainer", trans.update_to_pb(container_id, resources))
+
     async def stats_container(self, container_id: str) -> agent_pb2.StatsContainerResponse:
         """Raw cgroup statistics (kept as protobuf: the shim forwards them as cgroup metrics)."""
         return await self._call("StatsContainer", agent_pb2.StatsContainerRequest(
@@ -207,3 +222,10 @@ class AgentClient:
     async def add_arp_neighbors(self, neighbors: Sequence[ARPNeighbor]) -> None:
         await self._empty("AddARPNeighbors", agent_pb2.AddARPNeighborsRequest(
             neighbors=agent_pb2.ARPNeighbors(ARPNeighbors=[trans.neighbor_to_pb(n) for n in neighbors])))
+
+
+def _check_timeout(url: str, timeout: float) -> None:
+    # The ttRPC client rejects a deadline that has already passed with ValueError; callers of the
+    # agent API expect AgentError for "no answer in time", which a zero budget is.
+    if not timeout > 0:
+        raise AgentError(f"agent at {url}: no time left to wait for an answer (timeout {timeout:g} s)")

@@ -15,7 +15,8 @@ from kata.agent.types import (
     SandboxRequest,
     Storage,
 )
-from kata.oci.translate import process_to_pb, spec_to_pb
+from kata.oci import Resources
+from kata.oci.translate import process_to_pb, resources_to_pb, spec_to_pb
 from kata.protocols.pb import agent_pb2, health_pb2, types_pb2
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "route_to_pb",
     "sandbox_to_pb",
     "storage_to_pb",
+    "update_to_pb",
     "version_from_pb",
 ]
 
@@ -65,6 +67,15 @@ def container_to_pb(request: ContainerRequest) -> agent_pb2.CreateContainerReque
 def exec_to_pb(request: ExecRequest) -> agent_pb2.ExecProcessRequest:
     return agent_pb2.ExecProcessRequest(container_id=request.container_id, exec_id=request.exec_id,
                                         process=process_to_pb(request.process))
+
+
+def update_to_pb(container_id: str, resources: Resources) -> agent_pb2.UpdateContainerRequest:
+    """UpdateContainer's request.
+
+    Raises:
+        OciError: a number does not fit its protobuf field.
+    """
+    return agent_pb2.UpdateContainerRequest(container_id=container_id, resources=resources_to_pb(resources))
 
 
 def guest_details_from_pb(pb: agent_pb2.GuestDetailsResponse) -> GuestDetails:

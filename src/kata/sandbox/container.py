@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from kata.errors import KataError, OciError
 from kata.log import fields
-from kata.oci import Bundle, Process, Spec, load_bundle
+from kata.oci import Bundle, Process, Resources, Spec, load_bundle
 from kata.sandbox.errors import SandboxError
 from kata.sandbox.guestspec import GuestContainer, guest_container
 from kata.sandbox.mounts import bind, make_mountpoint, remove_tree, source_kinds, unmount
@@ -228,7 +228,8 @@ class AsyncContainer:
 
         Raises:
             StateError: the container is not running.
-            SandboxError: the exec id is bad or in use, or stdio cannot be set up.
+            SandboxError: the exec id is bad or in use (an exec's id is free again once it was waited
+                for), or stdio cannot be set up.
             SandboxLostError, RpcError: the agent refused or went away.
         """
         self._life.require("exec")
@@ -245,8 +246,13 @@ class AsyncContainer:
             raise
         io = ProcessIo(agent, self.id, eid, stdio, terminal=process.terminal, sandbox_id=self.sandbox.sandbox_id)
         io.start()
-        core = self._execs[eid] = ProcessCore(self, eid, io)
+        core = self._execs[eid] = ProcessCore(self, eid, io, on_exit=self._forget_exec)
         return AsyncExec(core)
+
+    def _forget_exec(self, core: ProcessCore) -> None:
+        """A waited-for exec is gone from the agent too: its id may be used again."""
+        if self._execs.get(core.exec_id) is core:
+            del self._execs[core.exec_id]
 
     # whole-container verbs
 
@@ -273,6 +279,18 @@ class AsyncContainer:
         agent = self.sandbox.agent_for("call the agent")
         await self.sandbox.call(agent.resume_container(self.id))
         self._move(_C.RUNNING)
+
+    async def update(self, resources: Resources) -> None:
+        """Apply new cgroup limits (CPU, memory, pids, ...) to the container in the guest.
+
+        Raises:
+            StateError: the container is not created or running, or the sandbox is not running.
+            OciError: a number does not fit its protobuf field.
+            SandboxLostError, RpcError: the agent refused or went away.
+        """
+        self._life.require("update")
+        agent = self.sandbox.agent_for("call the agent")
+        await self.sandbox.call(agent.update_container(self.id, resources))
 
     async def stats(self) -> ContainerStats:
         """CPU, memory and pids of the container's cgroup.

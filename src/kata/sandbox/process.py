@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal as signals
+from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
 
 from kata.sandbox.relay import ProcessIo
@@ -21,12 +22,15 @@ DRAIN_TIMEOUT = 2.0
 class ProcessCore:
     """What init and exec'd processes share: one WaitProcess for all waiters, then drained output."""
 
-    def __init__(self, container: AsyncContainer, exec_id: str, io: ProcessIo | None) -> None:
+    def __init__(self, container: AsyncContainer, exec_id: str, io: ProcessIo | None, *,
+                 on_exit: Callable[[ProcessCore], None] | None = None) -> None:
         self.container = container
         self.exec_id = exec_id
         self.io = io
         self.exit_status: int | None = None
         self._waiter: asyncio.Task[int] | None = None
+        # Set for execs: once waited for, the agent forgets them; so does the container (ids are reusable).
+        self._on_exit = on_exit
 
     async def _wait(self) -> int:
         sandbox = self.container.sandbox
@@ -35,6 +39,10 @@ class ProcessCore:
         if self.io is not None:
             await self.io.drain(DRAIN_TIMEOUT)
         self.exit_status = status
+        if self._on_exit is not None:
+            if self.io is not None:  # nothing reaches an exited exec's stdin: stop that relay too
+                await self.io.cancel()
+            self._on_exit(self)
         return status
 
     async def wait(self) -> int:

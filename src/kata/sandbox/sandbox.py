@@ -168,16 +168,22 @@ class AsyncSandbox:
 
     @classmethod
     async def load(cls, sandbox_id: str, *, root: str | os.PathLike[str] | None = None,
-                   dial_timeout: float = LOAD_DIAL_TIMEOUT) -> AsyncSandbox:
+                   dial_timeout: float = LOAD_DIAL_TIMEOUT, connect: bool = True) -> AsyncSandbox:
         """Another process's sandbox from its state.json: reconnect to its agent (the VM kept running).
 
         A VM that is gone, or an agent that does not answer within ``dial_timeout`` s, gives a ``lost``
-        sandbox (it can only be deleted).
+        sandbox (it can only be deleted). ``connect=False`` dials nothing (for a quick :meth:`delete`,
+        which then cleans up only the host side and stops the VM): the sandbox keeps its recorded
+        state, but every verb that needs the agent raises StateError.
 
         Raises:
+            AgentError: ``connect`` with a ``dial_timeout`` that is not positive.
             SandboxNotFoundError: there is no such sandbox under the root.
             SandboxError: its state files are malformed.
         """
+        if connect and not dial_timeout > 0:
+            raise AgentError(f"load sandbox {sandbox_id}: dial_timeout must be positive, not {dial_timeout:g} "
+                             "(connect=False loads without dialing the agent)")
         paths = SandboxPaths(resolve_root(root), check_id("sandbox", sandbox_id))
         try:
             record = SandboxRecord.from_json(read_json(paths.state_file), str(paths.state_file))
@@ -186,7 +192,7 @@ class AsyncSandbox:
                                        sandbox_id=sandbox_id) from exc
         vm = AdoptedVm(record.sandbox_id, record.vm)
         state, agent = _S(record.state), None
-        if state in (_S.RUNNING, _S.PAUSED):
+        if connect and state in (_S.RUNNING, _S.PAUSED):
             agent = await _reconnect(vm, record, dial_timeout)
             state = state if agent is not None else _S.LOST
         sandbox = cls(record, paths, vm, agent, state)

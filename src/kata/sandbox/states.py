@@ -81,6 +81,7 @@ CONTAINER_VERBS: Mapping[str, frozenset[ContainerState]] = {
     "pause": frozenset({_C.RUNNING}),
     "resume": frozenset({_C.PAUSED}),
     "stats": frozenset({_C.CREATED, _C.RUNNING, _C.PAUSED}),
+    "update": frozenset({_C.CREATED, _C.RUNNING}),  # as Kata: not while paused
     "resize": frozenset({_C.CREATED, _C.RUNNING}),
     "close stdin": frozenset({_C.CREATED, _C.RUNNING, _C.PAUSED}),
     "delete": frozenset({_C.CREATED, _C.STOPPED}),

@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import BinaryIO, TypeVar
 
 from kata.config import Config, LoadedConfig
-from kata.oci import Bundle, Process
+from kata.oci import Bundle, Process, Resources
 from kata.sandbox.container import AsyncContainer
 from kata.sandbox.oom import OomCallback
 from kata.sandbox.paths import VM_LAYOUT, GuestLayout, SandboxPaths
@@ -180,6 +180,10 @@ class Container:
         """See :meth:`AsyncContainer.stats`."""
         return self._loop.run(self.inner.stats())
 
+    def update(self, resources: Resources) -> None:
+        """See :meth:`AsyncContainer.update`."""
+        self._loop.run(self.inner.update(resources))
+
     def resize(self, rows: int, columns: int) -> None:
         """See :meth:`AsyncContainer.resize`."""
         self._loop.run(self.inner.resize(rows, columns))
@@ -214,9 +218,10 @@ class Sandbox:
 
     @classmethod
     def load(cls, sandbox_id: str, *, root: str | os.PathLike[str] | None = None,
-             dial_timeout: float = 10.0) -> Sandbox:
+             dial_timeout: float = 10.0, connect: bool = True) -> Sandbox:
         """See :meth:`AsyncSandbox.load`."""
-        return cls._open(lambda: AsyncSandbox.load(sandbox_id, root=root, dial_timeout=dial_timeout))
+        return cls._open(lambda: AsyncSandbox.load(sandbox_id, root=root, dial_timeout=dial_timeout,
+                                                   connect=connect))
 
     @classmethod
     def _open(cls, make: Callable[[], Awaitable[AsyncSandbox]]) -> Sandbox:

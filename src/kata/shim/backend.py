@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import BinaryIO, Protocol
 
 from kata.config import Config
-from kata.oci import Bundle, Process
+from kata.oci import Bundle, Process, Resources
 from kata.sandbox import ContainerStats
 from kata.sandbox.stdio import StdinTarget, StdoutTarget
 
@@ -59,6 +59,9 @@ class ContainerHandle(Protocol):
 
     async def stats(self) -> ContainerStats:
         """Its resource usage."""
+
+    async def update(self, resources: Resources) -> None:
+        """Apply new cgroup limits."""
 
     async def delete(self, *, force: bool = False) -> None:
         """Remove it from the sandbox."""

@@ -136,11 +136,14 @@ def start(flags: ShimFlags) -> int:
 
 async def _cleanup(sandbox_id: str, container_id: str) -> None:
     from kata.sandbox import AsyncSandbox, SandboxNotFoundError, SandboxState
+    # The sandbox goes entirely: no agent is needed (the VM is stopped). A pod's container must be
+    # removed in the guest, so that needs the agent (briefly: containerd gives `delete` 5 s).
+    owner = container_id == sandbox_id
     try:
-        sandbox = await AsyncSandbox.load(sandbox_id, dial_timeout=DELETE_DIAL_TIMEOUT)
+        sandbox = await AsyncSandbox.load(sandbox_id, dial_timeout=DELETE_DIAL_TIMEOUT, connect=not owner)
     except SandboxNotFoundError:
         return
-    if container_id == sandbox_id:
+    if owner:
         await sandbox.delete()
         return
     with contextlib.suppress(SandboxNotFoundError):

@@ -323,9 +323,10 @@ class TaskService:
 
     @_rpc
     async def update(self, request: shim_task_pb2.UpdateTaskRequest) -> empty_pb2.Empty:
-        """Not supported yet: the sandbox library has no way to change a container's resources."""
-        self._tasks.get(request.id)
-        raise UnimplementedError("update of a task's resources is not supported yet")
+        """Apply new cgroup limits to a created or running task (annotations are ignored, as by Kata)."""
+        task = self._tasks.get(request.id)
+        await task.container.update(translate.update_resources(request.resources))
+        return EMPTY()
 
     @_rpc
     async def wait(self, request: shim_task_pb2.WaitRequest) -> shim_task_pb2.WaitResponse:

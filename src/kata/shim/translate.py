@@ -12,7 +12,7 @@ from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 
 from kata.errors import ConfigError, KataError, OciError, RpcError, StateError, UsageError
-from kata.oci import Process, process_from_json
+from kata.oci import Process, Resources, codec, process_from_json
 from kata.protocols.events import pack_event
 from kata.protocols.pb import (
     cgroups_v1_metrics_pb2 as metrics_pb2,
@@ -58,6 +58,7 @@ __all__ = [
     "status_error",
     "stdio_paths",
     "timestamp",
+    "update_resources",
     "wait_response",
 ]
 
@@ -76,6 +77,8 @@ TOPICS = {
     events_task_pb2.TaskResumed: "/tasks/resumed",
 }
 RUNTIME_OPTIONS = runtimeoptions_pb2.Options.DESCRIPTOR.full_name
+# containerd's typeurl name for specs.LinuxResources: types.containerd.io/opencontainers/runtime-spec/1/LinuxResources
+LINUX_RESOURCES = "/LinuxResources"
 _STATUS = {
     ProcessStatus.CREATED: containerd_task_types_pb2.CREATED,
     ProcessStatus.RUNNING: containerd_task_types_pb2.RUNNING,
@@ -143,6 +146,23 @@ def exec_process(spec: any_pb2.Any, terminal: bool) -> Process:
     except OciError as exc:
         raise InvalidArgumentError(str(exc)) from exc
     return replace(process, terminal=terminal) if process.terminal != terminal else process
+
+
+def update_resources(message: any_pb2.Any) -> Resources:
+    """UpdateTaskRequest.resources: an OCI runtime-spec LinuxResources as JSON inside the Any (what
+    containerd's client and its CRI plugin send, as for exec specs; Kata's shim accepts only that type).
+
+    Raises:
+        InvalidArgumentError: another type, not JSON, or not a valid LinuxResources.
+    """
+    if not message.type_url.endswith(LINUX_RESOURCES):
+        raise InvalidArgumentError(f"update resources: expected an OCI LinuxResources, got type {message.type_url!r}")
+    try:
+        return codec.decode(Resources, json.loads(message.value))
+    except ValueError as exc:
+        raise InvalidArgumentError(f"update resources are not JSON: {exc}") from exc
+    except codec.FieldError as problem:
+        raise InvalidArgumentError(problem.render("update resources")) from None
 
 
 # responses out
