@@ -1,12 +1,14 @@
 """Host-side latency of the guest agent's RPCs in a real VM: boot, sandbox, container, exec round trips.
 
 Usage: flock /tmp/pykata-vm.lock .venv/bin/python bench/agent_latency.py [--runs 3] [--execs 5]
-       [--shared-fs virtio-fs|virtio-9p] [--console]
+       [--shared-fs virtio-fs|virtio-9p] [--console] [--initrd NAME=PATH ...] [--tcg-cpu MODEL] [--tb-size MIB]
 
 Boots the configured guest image under QEMU (TCG), as tests/vm/test_agent_vm.py does, shares a busybox
 rootfs, and times each step from the host (wall clock, medians over ``--runs`` VMs). With
-``--console`` it also prints the guest's debug log (``agent.log=debug``: one line per RPC with its
-duration in the guest) of the last run. One VM at a time: hold /tmp/pykata-vm.lock.
+``--console`` the agent logs at debug level (one line per RPC with its duration in the guest) and
+the last run's console is printed. ``--initrd`` adds images to compare (runs alternate between
+them), ``--tb-size`` overrides the TCG translation cache size. One VM at a time: hold
+/tmp/pykata-vm.lock.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from pathlib import Path
 
 from kata.agent import AgentClient, ContainerRequest, ExecRequest, SandboxRequest, Storage
 from kata.config.schema import GUEST_DIR, HypervisorConfig
-from kata.hypervisor import shared_fs_for
+from kata.hypervisor import accel, shared_fs_for
 from kata.hypervisor.qemu import QemuHypervisor
+from kata.hypervisor.qemu import spec as qemu_spec
 from kata.oci import Process, default_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -39,8 +42,9 @@ FLAVOURS = {
 STEPS = (
     ("launch to QEMU running (QMP up)", "qemu"),
     ("launch to first Health.Check", "ready"),
-    ("Health.Check round trip", "check"),
+    ("Health.Check round trip, agent still loading", "check"),
     ("CreateSandbox (mounts the share)", "create_sandbox"),
+    ("Health.Check round trip, agent idle", "check_idle"),
     ("CreateContainer", "create_container"),
     ("StartContainer", "start_container"),
     ("StartContainer to first stdout byte", "first_byte"),
@@ -54,13 +58,19 @@ STEPS = (
 )
 
 
-def guest_config(shared_fs: str) -> HypervisorConfig:
+def guest_config(shared_fs: str, initrd_path: str = "", tb_size: int | None = None, *,
+                 debug: bool = False) -> HypervisorConfig:
+    """The VM's configuration; ``tb_size`` (MiB of TCG translation cache) replaces the configured default.
+
+    ``debug``: the agent logs every call with its duration (the serial console costs a little time).
+    """
     guest_dir, _, _ = FLAVOURS[shared_fs]
-    kernel, initrd = guest_dir / "vmlinux", guest_dir / "kata-initrd.img"
+    kernel, initrd = guest_dir / "vmlinux", Path(initrd_path) if initrd_path else guest_dir / "kata-initrd.img"
     if not (kernel.exists() and initrd.exists()):
         raise SystemExit(f"no guest image in {guest_dir}: run `kata-runtime image build`")
-    return HypervisorConfig(kernel=str(kernel), initrd=str(initrd), accelerator="tcg", shared_fs=shared_fs,
-                            kernel_params="agent.log=debug")
+    config = HypervisorConfig(kernel=str(kernel), initrd=str(initrd), accelerator="tcg", shared_fs=shared_fs,
+                              kernel_params="agent.log=debug" if debug else "")
+    return config if tb_size is None else replace(config, tcg_tb_size=tb_size)
 
 
 async def _drain(client: AgentClient, cid: str, exec_id: str) -> bytes:
@@ -113,11 +123,11 @@ async def _container_steps(client: AgentClient, times: dict[str, list[float]], e
     mark("remove_container", now)
 
 
-async def one_run(shared_fs: str, work: Path, times: dict[str, list[float]], execs: int) -> str:
+async def one_run(config: HypervisorConfig, work: Path, times: dict[str, list[float]], execs: int) -> str:
     """One VM from launch to exit; appends each step's seconds to ``times``; returns the console log."""
+    shared_fs = config.shared_fs
     shared = work / "shared"
     make_rootfs(shared / "c1")
-    config = guest_config(shared_fs)
     vm_dir = work / "vm"
     vm_dir.mkdir()  # ours: the console log stays after the VM is gone
     vm = QemuHypervisor(config, vm_dir, sandbox_id="latency")
@@ -142,6 +152,10 @@ async def one_run(shared_fs: str, work: Path, times: dict[str, list[float]], exe
             now = time.monotonic()
             await client.create_sandbox(SandboxRequest(sandbox_id="latency", hostname="bench", storages=(storage,)))
             times.setdefault("create_sandbox", []).append(time.monotonic() - now)
+            for _ in range(5):
+                now = time.monotonic()
+                await client.check()
+                times.setdefault("check_idle", []).append(time.monotonic() - now)
             await _container_steps(client, times, execs)
             now = time.monotonic()
             await client.destroy_sandbox()
@@ -158,7 +172,7 @@ async def one_run(shared_fs: str, work: Path, times: dict[str, list[float]], exe
 
 def _cell(values: list[float]) -> str:
     median = statistics.median(values) * 1000
-    return f"{median:8.1f} ms ({min(values) * 1000:.1f}-{max(values) * 1000:.1f}, n={len(values)})"
+    return f"{median:.0f} ms ({min(values) * 1000:.0f}-{max(values) * 1000:.0f}, n={len(values)})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,20 +180,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="VMs to boot")
     parser.add_argument("--execs", type=int, default=5, help="exec round trips per VM")
     parser.add_argument("--shared-fs", choices=sorted(FLAVOURS), default="virtio-fs")
-    parser.add_argument("--console", action="store_true", help="print the last guest console log")
+    parser.add_argument("--console", action="store_true",
+                        help="agent.log=debug (each call's duration in the guest); print the last console log")
+    parser.add_argument("--initrd", action="append", default=[], metavar="NAME=PATH",
+                        help="compare with this initrd (e.g. an older build); runs alternate between images")
+    parser.add_argument("--tcg-cpu", default="", help="TCG cpu model (default: the QEMU driver's)")
+    parser.add_argument("--tb-size", type=int, default=None,
+                        help="TCG translation cache in MiB (default: the configured tcg_tb_size; 0: QEMU's)")
     args = parser.parse_args(argv)
-    times: dict[str, list[float]] = {}
+    cpu = args.tcg_cpu or accel.TCG_CPU
+    setattr(qemu_spec, "TCG_CPU", cpu)  # noqa: B010 - the driver's spec builder reads this name
+    images = {"this build": ""} | {name: path for name, _, path in (i.partition("=") for i in args.initrd)}
+    times: dict[str, dict[str, list[float]]] = {name: {} for name in images}
     console = ""
     for run in range(args.runs):
-        with tempfile.TemporaryDirectory(prefix="agent-latency-") as tmp:
-            console = asyncio.run(one_run(args.shared_fs, Path(tmp), times, args.execs))
+        for name, initrd in images.items():
+            with tempfile.TemporaryDirectory(prefix="agent-latency-") as tmp:
+                config = guest_config(args.shared_fs, initrd, args.tb_size, debug=args.console)
+                console = asyncio.run(one_run(config, Path(tmp), times[name], args.execs))
         print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
-    print(f"{args.shared_fs}, q35 + PVH, TCG; host wall clock, median (min-max, samples)\n")
-    print("| step | time |")
-    print("|---|---|")
+    tb_size = guest_config(args.shared_fs, tb_size=args.tb_size).tcg_tb_size
+    print(f"{args.shared_fs}, q35 + PVH, TCG -cpu {cpu}, tb-size {tb_size or 'default'} MiB; host wall clock, "
+          "median (min-max, samples)\n")
+    print("| step | " + " | ".join(images) + " |")
+    print("|---|" + "---|" * len(images))
     for title, key in STEPS:
-        if key in times:
-            print(f"| {title} | {_cell(times[key])} |")
+        print(f"| {title} | " + " | ".join(_cell(times[name][key]) if key in times[name] else "-"
+                                          for name in images) + " |")
     if args.console:
         print("\nguest console (last run):\n" + console)
     return 0

@@ -142,9 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", default=TCG_CPU, help="TCG cpu models to compare, separated by ;")
     parser.add_argument("--flavour", default="cloud")
     parser.add_argument("--top", type=int, default=15, help="slowest imports to list")
+    parser.add_argument("--initrd", action="append", default=[], metavar="NAME=PATH",
+                        help="also boot this initrd (e.g. an older build) under NAME")
+    parser.add_argument("--no-imports", action="store_true", help="skip the import-time boot")
     args = parser.parse_args(argv)
     kernel = fetch_kernel(args.flavour, DEFAULT_CACHE_DIR)
-    builds = {c: build_initrd(kernel, DEFAULT_CACHE_DIR, compression=c) for c in args.compressions.split(",")}
+    builds = {f"pykata ({c})": build_initrd(kernel, DEFAULT_CACHE_DIR, compression=c).path
+              for c in args.compressions.split(",") if c}
+    for item in args.initrd:
+        name, _, path = item.partition("=")
+        builds[name] = Path(path)
     cpus = args.cpus.split(";") if ";" in args.cpus else [args.cpus]
     variants = [(compression, cpu) for compression in builds for cpu in cpus]
     with tempfile.TemporaryDirectory(prefix="boot-ratio-") as tmp:
@@ -158,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             for cpu in cpus:
                 bare_times[cpu].append(_retry(functools.partial(boot_bare, kernel.vmlinux, bare, work, cpu=cpu)))
             for compression, cpu in variants:
-                report = _retry(functools.partial(boot_and_check, kernel.vmlinux, builds[compression].path, work,
+                report = _retry(functools.partial(boot_and_check, kernel.vmlinux, builds[compression], work,
                                                   cpu=cpu))
                 ready[compression, cpu].append(report.to_ready)
                 exits[compression, cpu].append(report.to_exit)
@@ -171,10 +178,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{_median(bare_times[cpu])} |")
         for compression, cpu in variants:
             ratio = statistics.median(ready[compression, cpu]) / statistics.median(bare_times[cpu])
-            size = builds[compression].path.stat().st_size / 1e6
-            print(f"| pykata ({compression}) | {cpu} | {size:.1f} MB | {_median(ready[compression, cpu])} | "
+            size = builds[compression].stat().st_size / 1e6
+            print(f"| {compression} | {cpu} | {size:.1f} MB | {_median(ready[compression, cpu])} | "
                   f"{ratio:.2f} | {_median(exits[compression, cpu])} |")
-        boot_path, background = measure_imports(kernel, next(iter(builds.values())).path, work)
+        if args.no_imports:
+            return 0
+        boot_path, background = measure_imports(kernel, next(iter(builds.values())), work)
         _print_imports("boot path (PID 1 until it serves)", boot_path, args.top)
         _print_imports("agent services (imported in the background)", background, args.top)
     return 0

@@ -22,6 +22,7 @@ from kata.guest import modules as guest_modules
 from kata.guest.channel import channel_modules
 from kata.guest.loading import DeferredRouter
 from kata.guest.log import GuestLog
+from kata.guest.reaper import Reaper
 from kata.guest.services import health
 from kata.image import python_runtime
 from kata.protocols.pb import health_pb2, ttrpc_pb2
@@ -237,7 +238,7 @@ def test_pid1_boot_path_leaves_the_agent_services_and_protobufs_for_later() -> N
                          capture_output=True, text=True, check=True, cwd=REPO, timeout=60)
     loaded = set(out.stdout.split())
     later = {"kata.guest.runtime", "kata.guest.services.containers", "kata.oci", "kata.protocols.pb.agent_pb2",
-             "kata.protocols.pb.oci_pb2", "kata.protocols.services", "dataclasses", "asyncio"}
+             "kata.protocols.pb.oci_pb2", "kata.protocols.services", "dataclasses", "asyncio", "socket"}
     assert not loaded & later
     # Health is answered before protobuf's runtime (descriptors, upb) is imported.
     assert not {m for m in loaded if m.startswith("kata.protocols.pb") or m.startswith("google._upb")}
@@ -282,3 +283,51 @@ def test_health_answers_serving_without_protobufs_runtime() -> None:
     reply = health_pb2.VersionCheckResponse.FromString(version(None, CallContext("grpc.Health", "Version"))
                                                        .SerializeToString())
     assert reply.agent_version == health.AGENT_VERSION and reply.grpc_version == "pykata-ttrpc"
+
+
+def test_waiting_for_named_modules_ends_when_they_are_live(tmp_path: Path) -> None:
+    log, _ = _log(tmp_path)
+    listing = tmp_path / "modules"
+    listing.write_text("/m/fuse.ko\n/m/virtiofs.ko\n/m/scsi_mod.ko\n")
+    sys_module = tmp_path / "sys"
+    loader = guest_modules.ModuleLoader(log, Reaper(), sys_module=str(sys_module))
+    loader._listed = frozenset(guest_modules.module_name(m) for m in guest_modules.read_module_list(str(listing)))
+    loader.pid = 0  # no real loader: the test plays the kernel
+    assert loader.wait(0.05, ("ext4",))  # not listed: built in or absent, nothing to wait for
+    assert not loader.wait(0.05, ("virtiofs",))
+    (sys_module / "virtiofs").mkdir(parents=True)
+    (sys_module / "virtiofs" / "initstate").write_text("coming\n")
+    assert not loader.wait(0.05, ("virtiofs",))
+    (sys_module / "virtiofs" / "initstate").write_text("live\n")
+    assert loader.wait(0.05, ("virtiofs",))
+    assert not loader.wait(0.05)  # everything: the loader has not finished
+    loader.exit_code = 0
+    assert loader.wait(0.05) and loader.wait(0.05, ("scsi_mod",))
+
+
+def test_storages_wait_for_their_own_modules() -> None:
+    from kata.guest.services.storage import StorageManager
+    from kata.protocols.pb import agent_pb2
+
+    def modules(driver: str, fstype: str) -> tuple[str, ...]:
+        return StorageManager.modules_for(agent_pb2.Storage(driver=driver, fstype=fstype))
+
+    assert modules("virtio-fs", "virtiofs") == ("virtiofs",)
+    assert modules("9p", "9p") == ("9pnet_virtio", "9p")
+    assert modules("blk", "erofs") == ("virtio_blk", "erofs")
+    assert modules("ephemeral", "tmpfs") == ()
+
+
+def test_a_waiter_gives_the_background_loader_its_priority_back(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    log, _ = _log(tmp_path)
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(os, "setpriority", lambda which, who, nice: calls.append((which, who, nice)))
+    loader = guest_modules.ModuleLoader(log, Reaper(), sys_module=str(tmp_path / "sys"))
+    loader._listed = frozenset({"virtio_console", "virtio_pci", "virtiofs"})
+    loader.pid = 4242
+    loader.wait(0.01, ("virtiofs",))
+    assert calls == []  # a loader that never went to the background is left alone
+    loader._background = True
+    loader.wait(0.01, ("virtiofs",))
+    assert calls == [(os.PRIO_PROCESS, 4242, 0), (os.PRIO_PROCESS, 4242, guest_modules.BACKGROUND_NICE)]

@@ -9,6 +9,7 @@ which leaves the CPU to it.
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 from kata.guest import linux
@@ -24,6 +25,8 @@ __all__ = ["BACKGROUND_NICE", "MODULE_LIST", "ModuleLoader", "load_modules", "mo
 
 # Written by the image builder: module files in load order (the agent channel's come first).
 MODULE_LIST = "/etc/kata-agent/modules"
+# /sys/module/<name>/initstate reads "live" once a module has loaded and initialised.
+SYS_MODULE = "/sys/module"
 POLL_INTERVAL = 0.005
 BACKGROUND_NICE = 19
 
@@ -77,9 +80,14 @@ class ModuleLoader:
     (hotplug, mounts) calls :meth:`wait` first.
     """
 
-    def __init__(self, log: GuestLog, reaper: Reaper) -> None:
+    def __init__(self, log: GuestLog, reaper: Reaper, *, sys_module: str = SYS_MODULE) -> None:
         self._log = log
         self._reaper = reaper
+        self._sys_module = sys_module
+        self._listed: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+        self._waiters = 0
+        self._background = False  # whether the loader lowers its priority (see load_modules)
         self.pid = 0
         self.exit_code: int | None = None
 
@@ -94,6 +102,8 @@ class ModuleLoader:
             self._log.warning("no module list", path=path, error=exc)
             self.exit_code = 0
             return
+        self._listed = frozenset(module_name(module) for module in modules)
+        self._background = bool(urgent) and set(urgent) <= self._listed
         pid = os.fork()
         if pid == 0:  # the child: load, report, and leave without running Python's clean-up
             code = 1
@@ -116,17 +126,44 @@ class ModuleLoader:
     def done(self) -> bool:
         return self.exit_code is not None
 
-    def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the loader; True when it has finished.
+    def wait(self, timeout: float, modules: Collection[str] = ()) -> bool:
+        """Wait up to ``timeout`` seconds for the loader, or only until ``modules`` are loaded.
 
-        Someone needs the drivers now: a loader gone to the background gets its priority back.
+        True when the loader has finished or every module named is live (modules the list does
+        not hold, built into the kernel or missing from it, need no wait). Someone needs drivers
+        now: a loader gone to the background gets its priority back while anyone waits.
         """
-        if not self.done and self.pid:
+        pending = [name for name in modules if name in self._listed]
+        if modules and not pending:
+            return True
+        self._prioritize(+1)
+        try:
+            deadline = time.monotonic() + timeout
+            while not self.done:
+                if pending and all(self._live(name) for name in pending):
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(POLL_INTERVAL)
+            return True
+        finally:
+            self._prioritize(-1)
+
+    def _prioritize(self, change: int) -> None:
+        """Count waiters; the loader runs at nice 0 while there is one, in the background after."""
+        with self._lock:
+            self._waiters += change
+            nice = 0 if self._waiters else BACKGROUND_NICE
+            if self.done or not self.pid or (change > 0 and self._waiters > 1) or not self._background:
+                return
             try:  # noqa: SIM105 - contextlib is one more import paid at every boot
-                os.setpriority(os.PRIO_PROCESS, self.pid, 0)
+                os.setpriority(os.PRIO_PROCESS, self.pid, nice)
             except OSError:
                 pass  # it has just exited
-        deadline = time.monotonic() + timeout
-        while not self.done and time.monotonic() < deadline:
-            time.sleep(POLL_INTERVAL)
-        return self.done
+
+    def _live(self, name: str) -> bool:
+        try:
+            with open(f"{self._sys_module}/{name}/initstate", "rb") as fh:
+                return fh.read().strip() == b"live"
+        except OSError:
+            return False

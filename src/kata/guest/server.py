@@ -7,6 +7,7 @@ the whole server at once (:func:`build_server`).
 
 from __future__ import annotations
 
+import gc
 import time
 
 from kata.ttrpc.blocking import BlockingServer
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from kata.guest.channel import Channel
     from kata.guest.log import GuestLog
     from kata.guest.runtime import ChildWatcher
+    from kata.guest.services.storage import WaitModules
     from kata.ttrpc.dispatch import Router
 
 __all__ = ["SHUTDOWN_GRACE", "build_agent_router", "build_server", "serve"]
@@ -29,7 +31,7 @@ SHUTDOWN_GRACE = 2.0
 
 def build_agent_router(log: GuestLog, watcher: ChildWatcher, stop: Callable[[], None], *,
                        cgroup_root: str | None, allowed_root: str | None = None,
-                       wait_modules: Callable[[float], bool] | None = None, init_daemon: bool = True,
+                       wait_modules: WaitModules | None = None, init_daemon: bool = True,
                        resolv_conf: str = "/etc/resolv.conf") -> Router:
     """grpc.AgentService and grpc.Health over a new runtime; ``stop`` ends serving (DestroySandbox).
 
@@ -47,7 +49,7 @@ def build_agent_router(log: GuestLog, watcher: ChildWatcher, stop: Callable[[], 
 
 
 def build_server(log: GuestLog, watcher: ChildWatcher, *, cgroup_root: str | None,
-                 allowed_root: str | None = None, wait_modules: Callable[[float], bool] | None = None,
+                 allowed_root: str | None = None, wait_modules: WaitModules | None = None,
                  init_daemon: bool = True, resolv_conf: str = "/etc/resolv.conf") -> BlockingServer:
     """A BlockingServer serving grpc.AgentService and grpc.Health; it stops after DestroySandbox."""
     holder: list[BlockingServer] = []
@@ -85,8 +87,12 @@ def serve(channel: Channel, context: GuestContext) -> None:
 
     def load() -> Router:
         codecache.install(("dataclasses",))  # before the first dataclass is defined
-        return build_agent_router(log, context.reaper, stop, cgroup_root="/sys/fs/cgroup",
-                                  wait_modules=context.modules.wait)
+        router = build_agent_router(log, context.reaper, stop, cgroup_root="/sys/fs/cgroup",
+                                    wait_modules=context.modules.wait)
+        # What is loaded now lives as long as the agent: keep the collector off it, so that it never
+        # writes to those pages (which every container process forked from PID 1 would then copy).
+        gc.freeze()
+        return router
 
     router.load(load)
     if channel.kind == "serial":

@@ -29,24 +29,25 @@ class ModuleRequest:
     why: str = ""
 
 
-# In load order (dependencies are pulled in before each). The agent channel comes first so the
-# guest can answer as early as possible (on q35, virtio_mmio is not needed for it: the guest loads
-# it at low priority once the channel's modules are in); the rest serve devices the runtime may
-# hotplug later.
+# In load order (dependencies are pulled in before each). The serial agent channel comes first so
+# the guest can answer as early as possible (on q35 the guest loads virtio_mmio at low priority once
+# the channel's modules are in); then what the container rootfs share needs (a storage mount waits
+# only for its own modules); then vsock (a vsock channel waits for the shares' modules too); then
+# devices the runtime may hotplug later.
 GUEST_MODULES: tuple[ModuleRequest, ...] = (
     ModuleRequest("virtio_pci", True, "virtio devices on q35"),
     ModuleRequest("virtio_console", True, "agent channel (virtio-serial)"),
     ModuleRequest("virtio_mmio", False, "virtio devices on microvm"),
-    ModuleRequest("vsock", False, "agent channel (vsock)"),
-    ModuleRequest("vmw_vsock_virtio_transport", False, "agent channel (vsock)"),
-    ModuleRequest("virtio_blk", False, "block rootfs and volumes"),
-    ModuleRequest("virtio_scsi", False, "block devices on virtio-scsi"),
-    ModuleRequest("virtio_net", False, "networking (pulls failover, net_failover)"),
     ModuleRequest("fuse", False, "virtio-fs"),
     ModuleRequest("virtiofs", False, "shared container rootfs (default)"),
     ModuleRequest("9pnet_virtio", False, "9p transport (generic kernel only)"),
     ModuleRequest("9p", False, "shared container rootfs (9p fallback)"),
+    ModuleRequest("vsock", False, "agent channel (vsock)"),
+    ModuleRequest("vmw_vsock_virtio_transport", False, "agent channel (vsock)"),
     ModuleRequest("overlay", False, "container rootfs layers"),
+    ModuleRequest("virtio_blk", False, "block rootfs and volumes"),
+    ModuleRequest("virtio_scsi", False, "block devices on virtio-scsi"),
+    ModuleRequest("virtio_net", False, "networking (pulls failover, net_failover)"),
     ModuleRequest("erofs", False, "read-only image layers and rootfs images"),
     ModuleRequest("squashfs", False, "squashfs images"),
     ModuleRequest("nd_pmem", False, "nvdimm rootfs images"),

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import socket
 import threading
 
 from kata.ttrpc.connection import ServerConnection
 from kata.ttrpc.dispatch import PreparedCall
 from kata.ttrpc.status import status_for_exception
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
 
 __all__ = ["Channel", "FdStream", "Pending", "SocketStream", "Stream"]
 

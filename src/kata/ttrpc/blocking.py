@@ -7,13 +7,11 @@ import heapq
 import itertools
 import os
 import selectors
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from types import TracebackType
 
 from kata.errors import RpcError
 from kata.ttrpc._channel import Channel, FdStream, Pending, SocketStream, Stream
@@ -23,6 +21,11 @@ from kata.ttrpc.events import RequestReceived, SessionRestarted, StreamFailed
 from kata.ttrpc.frames import MAX_MESSAGE_SIZE
 from kata.ttrpc.sockets import remove_socket_file, socket_file_inode
 from kata.ttrpc.status import Code, DeadlineExceededError, InternalError, status_for_exception
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket  # only listeners need it: a guest serving a virtio-serial port never imports it
+    from types import TracebackType
 
 __all__ = ["BlockingServer"]
 
@@ -255,6 +258,8 @@ class BlockingServer:
         self._socket_files.clear()
 
     def _register_listener(self, sock: socket.socket) -> None:
+        import socket  # loaded already: the caller made ``sock``
+
         sock.setblocking(False)
         name = sock.getsockname() if sock.family == socket.AF_UNIX else None
         if isinstance(name, str):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import stat
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
 
 __all__ = ["listen_unix", "remove_socket_file", "socket_file_inode"]
 
@@ -16,6 +19,8 @@ def listen_unix(path: str, backlog: int = 128) -> socket.socket:
     Raises:
         OSError: the socket cannot be created, bound or listened on.
     """
+    import socket  # not at module level: the guest's serial-only server never needs it
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 
@@ -152,6 +153,8 @@ def _fork(target: Callable[[ChildFds], NoReturn], fds: ChildFds, latch: ExitLatc
           watcher: ChildWatcher) -> int:
     pid = os.fork()
     if pid == 0:
+        # No collections until execve: one would touch (and so copy) every page of objects it scans.
+        gc.disable()
         try:
             target(fds)
         finally:

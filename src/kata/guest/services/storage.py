@@ -13,16 +13,31 @@ from kata.ttrpc.status import InvalidArgumentError, NotFoundError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Collection
+    from typing import Protocol
 
     from kata.guest.log import GuestLog
     from kata.protocols.pb.agent_pb2 import Storage
 
-__all__ = ["GUEST_ROOT", "StorageManager", "mount_flags"]
+    class WaitModules(Protocol):
+        """kata.guest.modules.ModuleLoader.wait: until ``modules`` (default: all) are loaded."""
+
+        def __call__(self, timeout: float, modules: Collection[str] = ...) -> bool: ...
+
+__all__ = ["DRIVER_MODULES", "GUEST_ROOT", "StorageManager", "mount_flags"]
 
 GUEST_ROOT = "/run/kata-containers"
 BLOCK_WAIT = 10.0
 NINEP_OPTIONS = "trans=virtio,version=9p2000.L,cache=mmap,msize=512000"
+# The kernel modules a storage driver needs (dependencies load first); a block storage's filesystem
+# module is added. Drivers not listed need none.
+DRIVER_MODULES: dict[str, tuple[str, ...]] = {
+    "virtio-fs": ("virtiofs",),
+    "9p": ("9pnet_virtio", "9p"),
+    "blk": ("virtio_blk",),
+    "virtio-blk": ("virtio_blk",),
+    "scsi": ("virtio_scsi",),
+}
 
 
 def mount_flags(options: list[str]) -> tuple[int, str]:
@@ -44,7 +59,7 @@ class StorageManager:
     brought each, so removing a container undoes exactly its own mounts."""
 
     def __init__(self, log: GuestLog, *, allowed_root: str = GUEST_ROOT,
-                 wait_modules: Callable[[float], bool] | None = None) -> None:
+                 wait_modules: WaitModules | None = None) -> None:
         self.log = log
         self.allowed_root = os.path.realpath(allowed_root)
         self.wait_modules = wait_modules
@@ -74,10 +89,10 @@ class StorageManager:
     def _mount_one(self, storage: Storage, owner: str) -> None:
         target = resolve_inside(storage.mount_point, self.allowed_root, "storage mount point")
         os.makedirs(target, exist_ok=True)
-        if self.wait_modules is not None:
-            self.wait_modules(BLOCK_WAIT)
-        flags, data = mount_flags(list(storage.options))
         driver = storage.driver
+        if self.wait_modules is not None:
+            self.wait_modules(BLOCK_WAIT, self.modules_for(storage))
+        flags, data = mount_flags(list(storage.options))
         if driver == "virtio-fs":
             syscalls.mount(storage.source, target, "virtiofs", flags, data)
         elif driver == "9p":
@@ -96,6 +111,14 @@ class StorageManager:
         with self._lock:
             self._mounted.append((owner, target))
         self.log.info("storage mounted", driver=driver, source=storage.source, target=target)
+
+    @staticmethod
+    def modules_for(storage: Storage) -> tuple[str, ...]:
+        """The kernel modules mounting ``storage`` needs (the loader may still be busy with others)."""
+        modules = DRIVER_MODULES.get(storage.driver, ())
+        if modules and storage.driver not in ("virtio-fs", "9p") and storage.fstype:
+            modules += (storage.fstype,)
+        return modules
 
     def _block_device(self, source: str) -> str:
         """A /dev path as given, waiting for it to appear (hotplug takes a moment)."""
