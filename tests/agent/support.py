@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from kata.agent import AgentClient
 from kata.guest.runtime import ContainerRuntime
 from kata.oci import Linux, Process, Root, Spec, default_spec
 
+T = TypeVar("T")
 BUSYBOX = Path("/bin/busybox")
 APPLETS = (
     "sh", "echo", "id", "hostname", "cat", "sleep", "ls", "mount", "readlink", "test", "tty", "stty", "env",
@@ -99,3 +107,48 @@ def run_exec(runtime: ContainerRuntime, container_id: str, exec_id: str, process
     stdout = drain(runtime.read_stdout, container_id, exec_id)
     stderr = drain(runtime.read_stderr, container_id, exec_id)
     return Result(runtime.wait_process(container_id, exec_id, timeout=10), stdout.decode(), stderr.decode())
+
+
+def start_host_agent(sock: Path, root: Path, *, own_netns: bool = False) -> subprocess.Popen[bytes]:
+    """The host-mode agent in its own mount/UTS/IPC (and, with ``own_netns``, network) namespaces,
+    listening on ``sock`` once this returns (unshare execs it: its pid is the agent's).
+
+    Raises:
+        RuntimeError: with the agent's stderr when it does not come up within 20 s.
+    """
+    namespaces = ["--net"] if own_netns else []
+    process = subprocess.Popen(
+        ["unshare", *namespaces, "--mount", "--uts", "--ipc", "--propagation", "private", sys.executable, "-m",
+         "kata.guest.hostmode", "--socket", str(sock), "--root", str(root)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not sock.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"host-mode agent did not start: {process.communicate()[1].decode()}")
+        time.sleep(0.02)
+    return process
+
+
+def stop_host_agent(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the agent (it tears its containers down), SIGKILL it after 15 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    assert process.stderr is not None
+    process.stderr.close()
+
+
+def run_with_agent(url: str, scenario: Callable[[AgentClient], Awaitable[T]]) -> T:
+    """Run ``scenario`` with an AgentClient connected to ``url``, closing it afterwards."""
+    async def main() -> T:
+        client = await AgentClient.connect(url, timeout=10)
+        try:
+            return await scenario(client)
+        finally:
+            await client.close()
+    return asyncio.run(main())

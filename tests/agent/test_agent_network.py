@@ -7,12 +7,10 @@ import asyncio
 import ctypes
 import fcntl
 import os
-import signal
 import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +25,7 @@ from kata.guest.netlink import NetworkRequestError, translate
 from kata.guest.netlink import model as net
 from kata.protocols.pb import agent_pb2, types_pb2
 from kata.ttrpc.status import InvalidArgumentError, NotFoundError, StatusError, UnimplementedError
+from tests.agent.support import run_with_agent, start_host_agent, stop_host_agent
 
 T = TypeVar("T")
 
@@ -73,16 +72,7 @@ def agent(tmp_path: Path) -> Iterator[NetAgent]:
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces)")
     sock = tmp_path / "agent.sock"
-    process = subprocess.Popen(
-        ["unshare", "--net", "--mount", "--uts", "--ipc", "--propagation", "private", sys.executable, "-m",
-         "kata.guest.hostmode", "--socket", str(sock), "--root", str(tmp_path / "run")],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while not sock.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"host-mode agent did not start: {process.communicate()[1].decode()}")
-        time.sleep(0.02)
+    process = start_host_agent(sock, tmp_path / "run", own_netns=True)
     # unshare execs the agent, so its pid is the agent's and /proc/<pid>/ns/net its namespace.
     ipr = IPRoute(netns=f"/proc/{process.pid}/ns/net", flags=0)
     try:
@@ -94,25 +84,11 @@ def agent(tmp_path: Path) -> Iterator[NetAgent]:
             for index in ipr.link_lookup(ifname=name):
                 ipr.link("del", index=index)
         ipr.close()
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
+        stop_host_agent(process)
 
 
 def run(agent: NetAgent, scenario: Callable[[AgentClient], Awaitable[T]]) -> T:
-    async def main() -> T:
-        client = await AgentClient.connect(agent.url, timeout=10)
-        try:
-            return await scenario(client)
-        finally:
-            await client.close()
-    return asyncio.run(main())
+    return run_with_agent(agent.url, scenario)
 
 
 ETH0 = Interface(name="eth0", hw_addr=MAC.upper(), mtu=1400,

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +23,7 @@ from kata.ttrpc.status import (
     NotFoundError,
     UnimplementedError,
 )
-from tests.agent.support import BUSYBOX, make_rootfs, make_spec
+from tests.agent.support import BUSYBOX, make_rootfs, make_spec, run_with_agent, start_host_agent, stop_host_agent
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not BUSYBOX.exists(), reason="needs root and busybox")
 T = TypeVar("T")
@@ -44,38 +41,15 @@ class HostAgent:
 def agent(tmp_path: Path) -> Iterator[HostAgent]:
     root, sock = tmp_path / "run", tmp_path / "agent.sock"
     rootfs = make_rootfs(tmp_path / "image")
-    process = subprocess.Popen(
-        ["unshare", "--mount", "--uts", "--ipc", "--propagation", "private", sys.executable, "-m",
-         "kata.guest.hostmode", "--socket", str(sock), "--root", str(root)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while not sock.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"host-mode agent did not start: {process.communicate()[1].decode()}")
-        time.sleep(0.02)
+    process = start_host_agent(sock, root)
     try:
         yield HostAgent(f"unix://{sock}", root, rootfs, process)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
+        stop_host_agent(process)
 
 
 def run(agent: HostAgent, scenario: Callable[[AgentClient], Awaitable[T]]) -> T:
-    async def main() -> T:
-        client = await AgentClient.connect(agent.url, timeout=10)
-        try:
-            return await scenario(client)
-        finally:
-            await client.close()
-    return asyncio.run(main())
+    return run_with_agent(agent.url, scenario)
 
 
 def rootfs_storage(agent: HostAgent, container_id: str) -> Storage:
