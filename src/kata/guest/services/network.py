@@ -11,15 +11,13 @@ import time
 from google.protobuf import empty_pb2
 
 from kata.guest.netlink.errors import LinkNotFoundError, NetlinkError, NetworkRequestError
-from kata.guest.services.errors import rpc
+from kata.guest.services.errors import ERRNO_STATUS, rpc
 from kata.protocols.pb import agent_pb2, types_pb2
 from kata.ttrpc.status import (
-    AlreadyExistsError,
     FailedPreconditionError,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
-    PermissionDeniedError,
     StatusError,
 )
 
@@ -40,19 +38,15 @@ EMPTY = empty_pb2.Empty
 # How long UpdateInterface waits for a NIC still arriving (a request naming its device path).
 LINK_WAIT = 10.0
 
-# The kernel's refusals by errno; anything else is INTERNAL.
+# The kernel's refusals by errno (the agent's common ones, plus netlink's own); anything else is INTERNAL.
 NETLINK_STATUS: dict[int, type[StatusError]] = {
-    errno.EINVAL: InvalidArgumentError,
+    **ERRNO_STATUS,
     errno.ERANGE: InvalidArgumentError,
     errno.ENETUNREACH: InvalidArgumentError,  # a gateway no link-scope route reaches
     errno.EAFNOSUPPORT: InvalidArgumentError,
     errno.EADDRNOTAVAIL: InvalidArgumentError,  # a preferred source the guest does not have
     errno.ENODEV: NotFoundError,
-    errno.ENOENT: NotFoundError,
     errno.ESRCH: NotFoundError,
-    errno.EEXIST: AlreadyExistsError,
-    errno.EPERM: PermissionDeniedError,
-    errno.EACCES: PermissionDeniedError,
     errno.EBUSY: FailedPreconditionError,
     errno.ENETDOWN: FailedPreconditionError,  # a route out of a link that is down
 }
