@@ -110,7 +110,7 @@ class HostModeVm(FakeHypervisor):
         reap(self.killed)  # orphans of the killed agent were reparented to us (the subreaper)
         await super().stop(timeout)
 
-    def detach(self) -> None:
+    async def detach(self) -> None:
         """Forget the agent process: it outlives us (another process stops it by pid)."""
         if self._watch is not None:
             self._watch.cancel()

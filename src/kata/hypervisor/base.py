@@ -82,6 +82,11 @@ class VmPaths:
         """The guest's serial console output."""
         return self.workdir / "console.log"
 
+    @property
+    def qemu_log(self) -> Path:
+        """QEMU's own stderr."""
+        return self.workdir / "qemu.log"
+
 
 def shared_fs_for(config: HypervisorConfig, paths: VmPaths, source: str,
                   tag: str = SHARED_FS_TAG) -> SharedFs | None:

@@ -1,4 +1,11 @@
-"""The one place VMM and helper processes are spawned: supervised children with bounded termination."""
+"""The one place VMM and helper processes are spawned: supervised children with bounded termination.
+
+A child runs in its own session with stdin/stdout on /dev/null and stderr appended to a log file, and is
+watched through a pidfd rather than an asyncio child transport: nothing ties its life to ours, so a
+sandbox's VM can be handed to another process (:meth:`ChildProcess.release`) and outlive this one. An
+asyncio transport would kill the child when its event loop closes, and a stderr pipe would break when
+the reading process went away.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,10 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 
 from kata.errors import HypervisorError
 from kata.log import fields
@@ -17,58 +26,89 @@ __all__ = ["ChildProcess", "spawn"]
 
 _log = logging.getLogger("kata.hypervisor.process")
 _TAIL_LINES = 20
+_TAIL_BYTES = 8192
 
 
 class ChildProcess:
-    """A spawned child: its pid, exit status, the tail of its stderr, and escalating termination."""
+    """A spawned child: its pid, exit status, the tail of its stderr log, and escalating termination."""
 
-    def __init__(self, name: str, proc: asyncio.subprocess.Process, sandbox_id: str) -> None:
+    def __init__(self, name: str, popen: subprocess.Popen[bytes], log_path: Path, sandbox_id: str) -> None:
         self.name = name
-        self._proc = proc
+        self.log_path = log_path
+        self._popen = popen
         self._sandbox_id = sandbox_id
-        self._stderr: deque[str] = deque(maxlen=_TAIL_LINES)
-        self._reader = asyncio.get_running_loop().create_task(self._read_stderr(), name=f"{name}-stderr")
+        self._loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._last_words = ""  # the stderr tail as it was at exit: the log file may be gone by the time it is read
+        self._pidfd: int | None = os.pidfd_open(popen.pid)  # works on a zombie too: never missed
+        self._loop.add_reader(self._pidfd, self._on_exit)
 
     @property
     def pid(self) -> int:
         """The child's pid."""
-        return self._proc.pid
+        return self._popen.pid
 
     @property
     def returncode(self) -> int | None:
         """Exit status once reaped (negative: killed by that signal), else None."""
-        return self._proc.returncode
+        return self._popen.returncode
 
     def alive(self) -> bool:
-        """Whether the child has not been reaped yet."""
-        return self._proc.returncode is None
+        """Whether the child has not been reaped yet (a released child counts as alive while it runs)."""
+        if self._pidfd is None and not self._exited.done():
+            return self._popen.poll() is None
+        return self._popen.returncode is None
 
     def stderr_tail(self) -> str:
         """The last lines the child wrote to stderr."""
-        return " | ".join(self._stderr)
+        return self._last_words if self._exited.done() else self._read_tail()
 
-    async def _read_stderr(self) -> None:
-        stream = self._proc.stderr
-        assert stream is not None
-        while line := await stream.readline():
-            text = line.decode("utf-8", "replace").rstrip()
-            self._stderr.append(text)
-            _log.debug("%s: %s", self.name, text, extra=fields(sandbox=self._sandbox_id, pid=self.pid))
+    def _read_tail(self) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(max(0, fh.seek(0, os.SEEK_END) - _TAIL_BYTES))
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        lines = deque((line.rstrip() for line in text.splitlines() if line.strip()), maxlen=_TAIL_LINES)
+        return " | ".join(lines)
+
+    def _unwatch(self) -> None:
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def _on_exit(self) -> None:
+        self._unwatch()
+        code = self._popen.wait()  # the pidfd is readable: the child has exited, this does not block
+        self._last_words = self._read_tail()
+        if not self._exited.done():
+            self._exited.set_result(code)
+        _log.debug("%s exited", self.name, extra=fields(sandbox=self._sandbox_id, pid=self.pid, status=code))
 
     async def wait(self) -> int:
-        """Wait for the child to end (and its stderr to drain); its exit status."""
-        code = await self._proc.wait()
-        await asyncio.shield(self._reader)  # a cancelled wait() must not cut the stderr tail short
-        return code
+        """Wait for the child to end; its exit status.
+
+        Raises:
+            HypervisorError: the child was released (another process owns it now).
+        """
+        if self._pidfd is None and not self._exited.done():
+            raise HypervisorError(f"{self.name} (pid {self.pid}) was handed over: it cannot be waited for here")
+        return await asyncio.shield(self._exited)
 
     def send_signal(self, signum: int) -> None:
-        """Signal the child (nothing if it is already gone)."""
-        if self.alive():
+        """Signal the child (nothing if it is already gone or was released)."""
+        if self._pidfd is not None and self._popen.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signum)
+                signal.pidfd_send_signal(self._pidfd, signum)
 
     async def terminate(self, grace: float = 3.0) -> int:
-        """SIGTERM, then SIGKILL after ``grace`` s; the exit status. Never raises for a gone child."""
+        """SIGTERM, then SIGKILL after ``grace`` s; the exit status. Never raises for a gone child.
+
+        Raises:
+            HypervisorError: the child was released.
+        """
         if self.alive():
             self.send_signal(signal.SIGTERM)
             try:
@@ -79,19 +119,30 @@ class ChildProcess:
                 self.send_signal(signal.SIGKILL)
         return await self.wait()
 
+    def release(self) -> None:
+        """Stop watching the child and let it run on after this process exits (it is never signalled or
+        waited for through this object again; its new owner goes by pid and pidfd)."""
+        self._unwatch()
 
-async def spawn(argv: Sequence[str], *, name: str, pass_fds: Sequence[int] = (),
+
+async def spawn(argv: Sequence[str], *, name: str, log_path: Path, pass_fds: Sequence[int] = (),
                 sandbox_id: str = "") -> ChildProcess:
-    """Start ``argv`` in its own session: stdin/stdout /dev/null, stderr captured, ``pass_fds`` inherited.
+    """Start ``argv`` in its own session: stdin/stdout /dev/null, stderr appended to ``log_path``,
+    ``pass_fds`` inherited.
 
     Raises:
-        HypervisorError: the program cannot be executed.
+        HypervisorError: the log file cannot be opened or the program cannot be executed.
     """
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, pass_fds=tuple(pass_fds), start_new_session=True)
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise HypervisorError(f"cannot open {name}'s log {log_path}: {exc.strerror}") from exc
+    try:
+        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                 pass_fds=tuple(pass_fds), start_new_session=True)
     except OSError as exc:
         raise HypervisorError(f"cannot run {name} ({argv[0]}): {os.strerror(exc.errno or 0)}") from exc
-    _log.info("started %s", name, extra=fields(sandbox=sandbox_id, pid=proc.pid, argv=" ".join(argv)))
-    return ChildProcess(name, proc, sandbox_id)
+    finally:
+        os.close(log)
+    _log.info("started %s", name, extra=fields(sandbox=sandbox_id, pid=popen.pid, argv=" ".join(argv)))
+    return ChildProcess(name, popen, log_path, sandbox_id)

@@ -18,6 +18,7 @@ class VmState(enum.Enum):
     PAUSED = "paused"
     EXITED = "exited"  # the VMM process ended on its own; stop() still releases its resources
     STOPPED = "stopped"  # terminal: everything released
+    DETACHED = "detached"  # terminal: handed over, still running, owned by another process now
 
 
 _LIVE = (VmState.RUNNING, VmState.PAUSED)
@@ -33,6 +34,7 @@ ALLOWED: dict[str, tuple[VmState, ...]] = {
     "resize": (VmState.RUNNING,),
     "check": (*_LIVE, VmState.EXITED),
     "wait": (*_LIVE, VmState.EXITED, VmState.STOPPED),
+    "detach": _LIVE,
 }
 
 

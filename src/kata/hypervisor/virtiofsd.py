@@ -61,10 +61,13 @@ async def start_virtiofsd(stack: AsyncExitStack, fs: SharedFs, *, daemon: str, c
         raise HypervisorError(f"virtiofsd: shared directory {fs.source} does not exist")
     sock = listen_unix(fs.socket_path)
     stack.callback(_unlink, fs.socket_path)
+    log_path = f"{fs.socket_path}.log"
+    stack.callback(_unlink, log_path)
     try:
         argv = virtiofsd_argv(daemon, fs.source, sock.fileno(), cache=cache, extra_args=extra_args,
                               debug=debug)
-        child = await spawn(argv, name=f"virtiofsd-{fs.id}", pass_fds=[sock.fileno()], sandbox_id=sandbox_id)
+        child = await spawn(argv, name=f"virtiofsd-{fs.id}", log_path=Path(log_path), pass_fds=[sock.fileno()],
+                            sandbox_id=sandbox_id)
     finally:
         sock.close()  # virtiofsd holds its own copy; it goes away with virtiofsd
     # virtiofsd exits by itself once QEMU hangs up; SIGTERM is only for when it does not.

@@ -385,7 +385,7 @@ class AsyncSandbox:
             self._vm.unwatch()
             if self._agent is not None:
                 await self._agent.close()
-            survives = self._vm.detach()
+            survives = await self._vm.detach()
             self._persist()
             self._life.move(_S.DETACHED)
         return survives

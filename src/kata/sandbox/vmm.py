@@ -6,6 +6,7 @@ import abc
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from kata.errors import HypervisorError
@@ -24,7 +25,7 @@ HELPER_GRACE = 2.0  # virtiofsd exits by itself once QEMU is gone; give it this 
 class Detachable(Protocol):
     """A hypervisor that can hand its VM over: forget the VMM processes without stopping them."""
 
-    def detach(self) -> None:
+    async def detach(self) -> None:
         """Release the VMM and helpers so they outlive this process."""
 
 
@@ -67,7 +68,7 @@ class VmControl(abc.ABC):
             HypervisorError: the VMM refused or cannot be reached.
         """
 
-    def detach(self) -> bool:
+    async def detach(self) -> bool:
         """Let the VM outlive this process; whether the driver could (else it lives as long as we do)."""
         return False
 
@@ -127,13 +128,16 @@ class OwnedVm(VmControl):
         """See :meth:`VmControl.resume`."""
         await self.hypervisor.resume()
 
-    def detach(self) -> bool:
-        """See :meth:`VmControl.detach`: needs a driver with ``detach()``."""
+    async def detach(self) -> bool:
+        """See :meth:`VmControl.detach`: needs a driver with ``detach()``. The record is brought up to
+        date first (helpers started since, e.g. a hotplugged share's virtiofsd)."""
         self.unwatch()
-        if isinstance(self.hypervisor, Detachable):
-            self.hypervisor.detach()
-            return True
-        return False
+        if not isinstance(self.hypervisor, Detachable):
+            return False
+        refs = (process_ref(pid) for pid in self.hypervisor.pids())
+        self._record = replace(self._record, processes=tuple(r for r in refs if r is not None))
+        await self.hypervisor.detach()
+        return True
 
 
 class AdoptedVm(VmControl):

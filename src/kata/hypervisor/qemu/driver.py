@@ -163,7 +163,9 @@ class QemuHypervisor(Hypervisor):
         stack.push_async_callback(self._qmp.close)
         stack.push_async_callback(self._join_watcher)
         fds = [fd for d in spec.devices if isinstance(d, NetDevice) for fd in d.tap_fds]
-        self._qemu = qemu = await spawn(argv, name="qemu", pass_fds=fds, sandbox_id=self.sandbox_id)
+        stack.callback(_unlink, self.paths.qemu_log)
+        self._qemu = qemu = await spawn(argv, name="qemu", log_path=self.paths.qemu_log, pass_fds=fds,
+                                        sandbox_id=self.sandbox_id)
         stack.push_async_callback(self._shutdown_qemu, qemu)
         self._watcher = asyncio.get_running_loop().create_task(self._watch_exit(qemu), name="qemu-exit")
         await self._qmp.connect(str(self.paths.qmp_socket), alive=qemu.alive)
@@ -267,6 +269,28 @@ class QemuHypervisor(Hypervisor):
             finally:
                 self._life.move(VmState.STOPPED)
             _log.info("vm stopped", extra=self._fields(status=self._exit_status))
+
+    async def detach(self) -> None:
+        """Let the running VM outlive this process: stop watching QEMU and its helpers, hang up QMP, and
+        keep every resource (processes, sockets, logs, workdir) for the process that takes it over (it
+        goes by the pids, as :class:`kata.sandbox.vmm.AdoptedVm` does). This object can do nothing more.
+
+        Raises:
+            StateError: the VM is not running or paused.
+        """
+        async with self._stop_lock:
+            self._life.require("detach")
+            self._resources = None  # dropped, not closed: the undo is the new owner's now
+            if self._watcher is not None:
+                self._watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watcher
+            for child in (self._qemu, *self._helpers):
+                if child is not None:
+                    child.release()
+            await self._qmp.close()  # QEMU's monitor takes one client at a time: free it for the new owner
+            self._life.move(VmState.DETACHED)
+            _log.info("vm detached", extra=self._fields(pids=list(self.pids())))
 
     async def wait(self) -> int:
         """See :meth:`Hypervisor.wait`."""
