@@ -17,6 +17,7 @@ on message text::
      ├── RpcError               an RPC answered with a non-OK gRPC status
      ├── AgentError             the guest agent is unreachable or misbehaved
      ├── OciError               malformed OCI bundle or config.json
+     ├── NetworkError           reading, wiring or tearing down a sandbox's host network failed
      └── StateError             an operation not allowed in the current state
 
 CLI exit codes (documented in README): 0 success, 1 error, 2 usage error or a
@@ -36,6 +37,7 @@ __all__ = [
     "HypervisorError",
     "ImageError",
     "KataError",
+    "NetworkError",
     "NotImplementedYetError",
     "OciError",
     "ProtocolError",
@@ -112,6 +114,10 @@ class AgentError(KataError):
 
 class OciError(KataError):
     """An OCI bundle or its config.json is malformed."""
+
+
+class NetworkError(KataError):
+    """A sandbox's host network could not be read, wired to the VM or torn down (kata.network)."""
 
 
 class StateError(KataError):

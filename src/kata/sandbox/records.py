@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kata.network.wiring import NetworkRecord
 from kata.sandbox.errors import SandboxError
 from kata.sandbox.states import ContainerState, SandboxState
 
@@ -64,13 +65,15 @@ class SandboxRecord:
     hostname: str = ""
     dial_timeout: float = 30.0
     guest_seccomp: bool = False
+    network: NetworkRecord | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON object."""
         return {"version": STATE_VERSION, "id": self.sandbox_id, "state": self.state, "created": self.created,
                 "vm": self.vm.to_json(), "shared_fs": self.shared_fs, "guest_root": self.guest_root,
                 "host_mode": self.host_mode, "hostname": self.hostname, "dial_timeout": self.dial_timeout,
-                "guest_seccomp": self.guest_seccomp}
+                "guest_seccomp": self.guest_seccomp,
+                "network": self.network.to_json() if self.network is not None else None}
 
     @classmethod
     def from_json(cls, data: Any, source: str = "state.json") -> SandboxRecord:
@@ -87,7 +90,8 @@ class SandboxRecord:
                        guest_root=str(data["guest_root"]), host_mode=bool(data.get("host_mode", False)),
                        hostname=str(data.get("hostname", "")),
                        dial_timeout=float(data.get("dial_timeout", 30.0)),
-                       guest_seccomp=bool(data.get("guest_seccomp", False)))
+                       guest_seccomp=bool(data.get("guest_seccomp", False)),
+                       network=NetworkRecord.from_json(data["network"]) if data.get("network") else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise SandboxError(f"{source}: malformed sandbox state ({type(exc).__name__}: {exc})") from exc
 

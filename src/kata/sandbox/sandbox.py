@@ -19,6 +19,7 @@ from kata.config import Config, LoadedConfig
 from kata.errors import AgentError, KataError, StateError
 from kata.hypervisor import SHARED_FS_TAG
 from kata.log import fields
+from kata.network import configure_guest, unwire
 from kata.oci import Bundle
 from kata.sandbox.container import AsyncContainer
 from kata.sandbox.errors import SandboxError, SandboxLostError, SandboxNotFoundError
@@ -35,6 +36,7 @@ from kata.sandbox.startup import (
     make_state_dir,
     resolve_config,
     start_vm,
+    wire_network,
 )
 from kata.sandbox.states import SANDBOX_TRANSITIONS, SANDBOX_VERBS, Lifecycle, SandboxState
 from kata.sandbox.stdio import StdinTarget, StdoutTarget
@@ -110,8 +112,13 @@ class AsyncSandbox:
     @classmethod
     def create(cls, config: Config | LoadedConfig | None = None, *, sandbox_id: str | None = None,
                root: str | os.PathLike[str] | None = None, hostname: str = "", dns: Sequence[str] = (),
-               guest: GuestLayout = VM_LAYOUT, start_timeout: float = 30.0) -> SandboxStarter:
-        """Start a sandbox: state dir, VM with the shared dir, agent, CreateSandbox.
+               guest: GuestLayout = VM_LAYOUT, start_timeout: float = 30.0,
+               netns: str | None = None) -> SandboxStarter:
+        """Start a sandbox: state dir, network, VM with the shared dir, agent, CreateSandbox.
+
+        ``netns`` is the path of the network namespace whose interfaces the VM gets (tc mirred redirect
+        to a tap; the guest gets the same addresses, routes and static neighbours); ``""`` makes a new,
+        empty one (unless ``[runtime] disable_new_netns``), None gives the guest loopback only.
 
         Await it (``sb = await AsyncSandbox.create(...)``) or use it as ``async with``. A failed create
         leaves no process, mount or state dir.
@@ -119,10 +126,12 @@ class AsyncSandbox:
         Raises:
             ConfigError: the configuration (or hypervisor name) is invalid.
             SandboxError: bad or existing id, no shared fs configured, or a host mount failed.
+            NetworkError: the network namespace cannot be read or wired.
             HypervisorError: the VM did not start (e.g. a missing kernel).
             AgentError, RpcError: the agent did not answer within ``[agent.kata] dial_timeout`` or refused.
         """
-        options = SandboxOptions(hostname=hostname, dns=tuple(dns), guest=guest, start_timeout=start_timeout)
+        options = SandboxOptions(hostname=hostname, dns=tuple(dns), guest=guest, start_timeout=start_timeout,
+                                 netns=netns)
         return SandboxStarter(cls._create(config, sandbox_id, root, options))
 
     @classmethod
@@ -137,18 +146,24 @@ class AsyncSandbox:
         try:
             async with AsyncExitStack() as stack:
                 make_state_dir(stack, paths)
-                hypervisor = await start_vm(stack, config, paths, options)
+                network = await wire_network(stack, config, paths, options)
+                hypervisor = await start_vm(stack, config, paths, options, network.devices if network else ())
+                if network is not None:
+                    network.close_fds()  # QEMU holds the taps now
                 timeline = timeline.mark(VM_SPAWNED)
                 vm = OwnedVm(hypervisor)
                 record = SandboxRecord(sandbox_id=paths.sandbox_id, state=_S.CREATING.value, created=time.time(),
                                        vm=vm.record, shared_fs=shared_fs, guest_root=options.guest.root,
                                        host_mode=options.guest.host_mode, hostname=options.hostname,
                                        dial_timeout=float(config.agent.dial_timeout),
-                                       guest_seccomp=not config.runtime.disable_guest_seccomp)
+                                       guest_seccomp=not config.runtime.disable_guest_seccomp,
+                                       network=network.record if network else None)
                 write_json(paths.state_file, record.to_json())  # another process can clean up from here on
                 agent = await connect_agent(stack, vm.record.agent_url, float(config.agent.dial_timeout))
                 timeline = timeline.mark(AGENT_REACHABLE)
                 await create_in_guest(agent, config, paths, options, options.dns)
+                if network is not None:
+                    await configure_guest(agent, network.info)
                 timeline = timeline.mark(SANDBOX_CREATED)
                 sandbox = cls(record, paths, vm, agent, _S.CREATING)
                 sandbox._start(timeline)
@@ -354,6 +369,8 @@ class AsyncSandbox:
                     _log.warning("delete container %s: %s", container.id, exc, extra=self._fields())
             await self._close_agent(destroy=self.state is _S.RUNNING)
             await self._vm.stop()
+            if self.record.network is not None:
+                await asyncio.to_thread(unwire, self.record.network)
             remove_tree(self.paths.directory)
             self._life.move(_S.STOPPED)
             _log.info("sandbox deleted", extra=self._fields())

@@ -12,12 +12,15 @@ from kata.agent import AgentClient
 from kata.config import Config, LoadedConfig, load_config
 from kata.hypervisor import SHARED_FS_TAG, Hypervisor, new_hypervisor, shared_fs_for
 from kata.hypervisor.accel import choose_accelerator
+from kata.hypervisor.devices import Device
+from kata.network import WiredNetwork, unwire, wire
 from kata.sandbox.errors import SandboxError
 from kata.sandbox.mounts import make_shared, remove_tree, unmount
 from kata.sandbox.paths import VM_LAYOUT, GuestLayout, SandboxPaths
 from kata.sandbox.requests import sandbox_request, shared_storage
 
-__all__ = ["SandboxOptions", "connect_agent", "create_in_guest", "make_state_dir", "resolve_config", "start_vm"]
+__all__ = ["SandboxOptions", "connect_agent", "create_in_guest", "make_state_dir", "resolve_config", "start_vm",
+           "wire_network"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class SandboxOptions:
     dns: tuple[str, ...] = ()
     guest: GuestLayout = VM_LAYOUT
     start_timeout: float = 30.0
+    netns: str | None = None  # the network namespace to wire to the VM ("" a new one, None none)
 
 
 def resolve_config(config: Config | LoadedConfig | None) -> Config:
@@ -61,7 +65,24 @@ def make_state_dir(stack: AsyncExitStack, paths: SandboxPaths) -> None:
     stack.callback(unmount, paths.shared)
 
 
-async def start_vm(stack: AsyncExitStack, config: Config, paths: SandboxPaths, options: SandboxOptions) -> Hypervisor:
+async def wire_network(stack: AsyncExitStack, config: Config, paths: SandboxPaths,
+                       options: SandboxOptions) -> WiredNetwork | None:
+    """Wire ``options.netns`` to the VM-to-be (``[runtime] internetworking_model``); undo: unwire it.
+
+    Raises:
+        NetworkError: the namespace cannot be read or wired (nothing is left then).
+    """
+    if options.netns is None or options.guest.host_mode:
+        return None
+    wired = await asyncio.to_thread(wire, options.netns, model=config.runtime.internetworking_model,
+                                    sandbox_id=paths.sandbox_id, new_netns=not config.runtime.disable_new_netns)
+    stack.callback(unwire, wired.record)
+    stack.callback(wired.close_fds)
+    return wired
+
+
+async def start_vm(stack: AsyncExitStack, config: Config, paths: SandboxPaths, options: SandboxOptions,
+                   extra_devices: Sequence[Device] = ()) -> Hypervisor:
     """Pick the accelerator, prepare and start the VM with the shared dir; undo: stop it.
 
     Raises:
@@ -73,7 +94,7 @@ async def start_vm(stack: AsyncExitStack, config: Config, paths: SandboxPaths, o
     vm = new_hypervisor(config.hypervisor_name, config.hypervisor, paths.directory, sandbox_id=paths.sandbox_id,
                         accelerator=accelerator)
     devices = [] if options.guest.host_mode else [shared_fs_for(config.hypervisor, vm.paths, str(paths.shared))]
-    await vm.prepare([d for d in devices if d is not None])
+    await vm.prepare([*(d for d in devices if d is not None), *extra_devices])
     stack.push_async_callback(vm.stop)
     await vm.start(timeout=options.start_timeout)
     return vm

@@ -211,10 +211,11 @@ class Sandbox:
     @classmethod
     def create(cls, config: Config | LoadedConfig | None = None, *, sandbox_id: str | None = None,
                root: str | os.PathLike[str] | None = None, hostname: str = "", dns: Sequence[str] = (),
-               guest: GuestLayout = VM_LAYOUT, start_timeout: float = 30.0) -> Sandbox:
+               guest: GuestLayout = VM_LAYOUT, start_timeout: float = 30.0, netns: str | None = None) -> Sandbox:
         """See :meth:`AsyncSandbox.create` (same arguments, same errors)."""
         return cls._open(lambda: AsyncSandbox.create(config, sandbox_id=sandbox_id, root=root, hostname=hostname,
-                                                     dns=dns, guest=guest, start_timeout=start_timeout))
+                                                     dns=dns, guest=guest, start_timeout=start_timeout,
+                                                     netns=netns))
 
     @classmethod
     def load(cls, sandbox_id: str, *, root: str | os.PathLike[str] | None = None,

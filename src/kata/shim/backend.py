@@ -12,7 +12,7 @@ from kata.oci import Bundle, Process, Resources
 from kata.sandbox import ContainerStats
 from kata.sandbox.stdio import StdinTarget, StdoutTarget
 
-__all__ = ["ContainerHandle", "ExecHandle", "SandboxFactory", "SandboxHandle", "create_sandbox"]
+__all__ = ["ContainerHandle", "ExecHandle", "SandboxFactory", "SandboxHandle", "SandboxWatcher", "create_sandbox"]
 
 
 class ExecHandle(Protocol):
@@ -89,13 +89,26 @@ class SandboxHandle(Protocol):
         """Stop the VM and remove everything."""
 
 
+class SandboxWatcher(Protocol):
+    """Told when the service's sandbox comes and goes (the shim-monitor socket is one)."""
+
+    async def sandbox_started(self, sandbox: SandboxHandle) -> None:
+        """The sandbox was made (before the first Create answers); must not raise."""
+
+    async def sandbox_stopping(self, sandbox: SandboxHandle) -> None:
+        """The sandbox is about to be deleted; must not raise."""
+
+
 SandboxFactory = Callable[[Config, str, Bundle], Awaitable[SandboxHandle]]
 """Makes the sandbox (id) for the first container (bundle) with the configuration."""
 
 
 def create_sandbox(root: str | os.PathLike[str] | None = None) -> SandboxFactory:
-    """The real factory: AsyncSandbox.create under the state ``root`` (default: $KATA_ROOT or /run/kata)."""
+    """The real factory: AsyncSandbox.create under the state ``root`` (default: $KATA_ROOT or /run/kata), on
+    the network namespace the first container's spec names (kata.network: wired to the VM)."""
     async def create(config: Config, sandbox_id: str, bundle: Bundle) -> SandboxHandle:
+        from kata.network import spec_netns
         from kata.sandbox import AsyncSandbox
-        return await AsyncSandbox.create(config, sandbox_id=sandbox_id, root=root, hostname=bundle.spec.hostname)
+        return await AsyncSandbox.create(config, sandbox_id=sandbox_id, root=root, hostname=bundle.spec.hostname,
+                                         netns=spec_netns(bundle.spec))
     return create
