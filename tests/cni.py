@@ -25,14 +25,41 @@ class CniNetns:
     result: dict[str, object]
 
 
-def _plugin(command: str, config: dict[str, object], netns: str, container_id: str) -> dict[str, object]:
+def _plugin(command: str, config: dict[str, object], netns: str, container_id: str, ifname: str = "eth0",
+            ) -> dict[str, object]:
     env = {**os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
-           "CNI_IFNAME": "eth0", "CNI_PATH": CNI_PATH}
+           "CNI_IFNAME": ifname, "CNI_PATH": CNI_PATH}
     proc = subprocess.run([f"{CNI_PATH}/{config['type']}"], input=json.dumps(config), env=env, capture_output=True,
                           text=True, timeout=60, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"CNI {command} failed: {proc.stdout} {proc.stderr}")
     return json.loads(proc.stdout) if proc.stdout.strip() else {}
+
+
+def _bridge_config(name: str, bridge: str, subnet: str, tmp: Path, routes: list[dict[str, str]],
+                   ) -> dict[str, object]:
+    return {"cniVersion": "1.0.0", "name": name, "type": "bridge", "bridge": bridge, "isGateway": True,
+            "ipMasq": False, "ipam": {"type": "host-local", "subnet": subnet, "dataDir": str(tmp / f"ipam-{name}"),
+                                      "routes": routes}}
+
+
+def _attachment(result: dict[str, object], path: str, bridge: str) -> CniNetns:
+    ip = result["ips"][0]  # type: ignore[index]
+    address, _, prefix = str(ip["address"]).partition("/")
+    return CniNetns(path, address, int(prefix), str(ip["gateway"]), bridge, result)
+
+
+@contextlib.contextmanager
+def cni_attach(tmp: Path, netns: CniNetns, ifname: str, subnet: str, bridge: str) -> Iterator[CniNetns]:
+    """A second network (another bridge, interface ``ifname``) in the same namespace; DEL after."""
+    config = _bridge_config(f"pykata-{ifname}", bridge, subnet, tmp, [])
+    try:
+        yield _attachment(_plugin("ADD", config, netns.path, os.path.basename(netns.path), ifname), netns.path,
+                          bridge)
+    finally:
+        with contextlib.suppress(RuntimeError):
+            _plugin("DEL", config, netns.path, os.path.basename(netns.path), ifname)
+        subprocess.run(["ip", "link", "del", bridge], check=False, capture_output=True)
 
 
 @contextlib.contextmanager
@@ -41,15 +68,9 @@ def cni_netns(tmp: Path, name: str = "pykatacni", subnet: str = "10.88.77.0/24",
     """``ip netns add NAME``, then the bridge + host-local plugins (CNI_COMMAND=ADD); DEL and removal after."""
     subprocess.run(["ip", "netns", "add", name], check=True)
     path = f"/run/netns/{name}"
-    config: dict[str, object] = {
-        "cniVersion": "1.0.0", "name": "pykata-test", "type": "bridge", "bridge": bridge, "isGateway": True,
-        "ipMasq": False, "ipam": {"type": "host-local", "subnet": subnet, "dataDir": str(tmp / "cni-ipam"),
-                                  "routes": [{"dst": "0.0.0.0/0"}]}}
+    config = _bridge_config("pykata-test", bridge, subnet, tmp, [{"dst": "0.0.0.0/0"}])
     try:
-        result = _plugin("ADD", config, path, name)
-        ip = result["ips"][0]  # type: ignore[index]
-        address, _, prefix = str(ip["address"]).partition("/")
-        yield CniNetns(path, address, int(prefix), str(ip["gateway"]), bridge, result)
+        yield _attachment(_plugin("ADD", config, path, name), path, bridge)
     finally:
         with contextlib.suppress(RuntimeError):
             _plugin("DEL", config, path, name)

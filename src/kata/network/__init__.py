@@ -2,10 +2,22 @@
 
 from kata.network.netns import create_netns, in_netns, remove_netns, spec_netns
 from kata.network.scan import Endpoint, NetworkInfo, scan
-from kata.network.wiring import MODELS, EndpointRecord, NetworkRecord, WiredNetwork, configure_guest, unwire, wire
+from kata.network.wiring import (
+    MODELS,
+    AddedEndpoint,
+    EndpointRecord,
+    NetworkRecord,
+    WiredNetwork,
+    configure_guest,
+    unwire,
+    unwire_endpoint,
+    wire,
+    wire_endpoint,
+)
 
 __all__ = [
     "MODELS",
+    "AddedEndpoint",
     "Endpoint",
     "EndpointRecord",
     "NetworkInfo",
@@ -18,5 +30,7 @@ __all__ = [
     "scan",
     "spec_netns",
     "unwire",
+    "unwire_endpoint",
     "wire",
+    "wire_endpoint",
 ]

@@ -14,18 +14,20 @@ import contextlib
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kata.agent import AgentClient
+from kata.agent.types import ARPNeighbor, Interface, Route
 from kata.errors import NetworkError
 from kata.hypervisor.devices import NetDevice
 from kata.log import fields
 from kata.network.netns import create_netns, remove_netns
-from kata.network.scan import TAP_SUFFIX, NetworkInfo, scan
+from kata.network.scan import TAP_SUFFIX, Endpoint, NetworkInfo, scan
 from kata.network.tap import has_ingress, open_tap, redirect, remove_ingress
 
-__all__ = ["MODELS", "EndpointRecord", "NetworkRecord", "WiredNetwork", "configure_guest", "unwire", "wire"]
+__all__ = ["MODELS", "AddedEndpoint", "EndpointRecord", "NetworkRecord", "WiredNetwork", "configure_guest", "unwire",
+           "unwire_endpoint", "wire", "wire_endpoint"]
 
 _log = logging.getLogger("kata.network")
 MODELS = ("tcfilter", "none")
@@ -94,6 +96,32 @@ def _iproute(netns: str) -> Any:
         raise NetworkError(f"open network namespace {netns}: {exc.strerror or exc}") from exc
 
 
+def _wire_endpoint(ipr: Any, netns: str, endpoint: Endpoint, tap: str, number: int,
+                   ) -> tuple[EndpointRecord, NetDevice]:
+    """Tap + redirects both ways for one endpoint. The tap fd comes back in the NetDevice; on failure the
+    fd is closed (the tap with it) and the redirects made are left for :func:`unwire` of the record."""
+    if has_ingress(ipr, endpoint.index):
+        raise NetworkError(f"{endpoint.name} in {netns} already has an ingress qdisc: not wiring it")
+    txqlen = int(ipr.get_links(endpoint.index)[0].get_attr("IFLA_TXQLEN"))
+    fd = open_tap(netns, tap)
+    try:
+        tap_index = ipr.link_lookup(ifname=tap)[0]
+        ipr.link("set", index=tap_index, mtu=endpoint.interface.mtu, state="up")
+        redirect(ipr, endpoint.index, tap_index)
+        redirect(ipr, tap_index, endpoint.index)
+    except BaseException:
+        os.close(fd)
+        raise
+    device = NetDevice(f"net{number}", endpoint.interface.hw_addr, tap_fds=(fd,), mtu=endpoint.interface.mtu)
+    return EndpointRecord(endpoint.name, tap, txqlen), device
+
+
+def _wrap(exc: BaseException, what: str) -> BaseException:
+    if isinstance(exc, OSError):
+        return NetworkError(f"{what}: {exc.strerror or exc}")
+    return exc
+
+
 def wire(netns: str | None, *, model: str = "tcfilter", sandbox_id: str = "", new_netns: bool = True) -> WiredNetwork:
     """Wire the namespace at ``netns`` for a VM; ``""`` makes a new (empty) one named after the sandbox
     unless ``new_netns`` is false. Blocking (netlink): call it in a thread. On failure nothing is left.
@@ -109,35 +137,101 @@ def wire(netns: str | None, *, model: str = "tcfilter", sandbox_id: str = "", ne
         netns, created = create_netns(f"kata-{sandbox_id[:40] or os.getpid()}"), True
     if not netns or model == "none":
         return WiredNetwork(NetworkRecord(netns or "", model, created))
-    record = NetworkRecord(netns, model, created)
-    wired = WiredNetwork(record)
+    wired = WiredNetwork(NetworkRecord(netns, model, created))
     try:
         with _iproute(netns) as ipr:
             wired.info = info = scan(ipr)
             for number, endpoint in enumerate(info.endpoints):
-                if has_ingress(ipr, endpoint.index):
-                    raise NetworkError(f"{endpoint.name} in {netns} already has an ingress qdisc: not wiring it")
                 tap = f"tap{number}{TAP_SUFFIX}"
-                fd = open_tap(netns, tap)
-                wired.devices += (NetDevice(f"net{number}", endpoint.interface.hw_addr, tap_fds=(fd,),
-                                            mtu=endpoint.interface.mtu),)
-                txqlen = int(ipr.get_links(endpoint.index)[0].get_attr("IFLA_TXQLEN"))
-                wired.record = record = NetworkRecord(
-                    netns, model, created, (*record.endpoints, EndpointRecord(endpoint.name, tap, txqlen)))
-                tap_index = ipr.link_lookup(ifname=tap)[0]
-                ipr.link("set", index=tap_index, mtu=endpoint.interface.mtu, state="up")
-                redirect(ipr, endpoint.index, tap_index)
-                redirect(ipr, tap_index, endpoint.index)
+                done = wired.record.endpoints  # a half-wired endpoint is in the record, for the rollback
+                wired.record = replace(wired.record, endpoints=(*done, EndpointRecord(endpoint.name, tap)))
+                endpoint_record, device = _wire_endpoint(ipr, netns, endpoint, tap, number)
+                wired.record = replace(wired.record, endpoints=(*done, endpoint_record))
+                wired.devices += (device,)
     except BaseException as exc:
         wired.close_fds()
         with contextlib.suppress(NetworkError):
             unwire(wired.record)
-        if isinstance(exc, OSError) and not isinstance(exc, NetworkError):
-            raise NetworkError(f"wire {netns}: {exc.strerror or exc}") from exc
-        raise
+        wrapped = _wrap(exc, f"wire {netns}")
+        if wrapped is exc:
+            raise
+        raise wrapped from exc
     _log.info("network wired", extra=fields(sandbox=sandbox_id, netns=netns,
-                                            endpoints=[e.name for e in record.endpoints]))
+                                            endpoints=[e.name for e in wired.record.endpoints]))
     return wired
+
+
+@dataclass(frozen=True)
+class AddedEndpoint:
+    """An endpoint wired on a running sandbox: its record, the NIC to hotplug, and the guest's new view."""
+
+    record: EndpointRecord
+    device: NetDevice
+    interface: Interface
+    routes: tuple[Route, ...]  # every wired endpoint's routes, this one's included (UpdateRoutes is declarative)
+    neighbors: tuple[ARPNeighbor, ...]
+
+
+def wire_endpoint(record: NetworkRecord, name: str) -> AddedEndpoint:
+    """Wire the link ``name`` of the already wired namespace ``record`` describes (interface hotplug).
+    Blocking. On failure nothing is left.
+
+    Raises:
+        NetworkError: no such endpoint link, it is wired already, or wiring it failed.
+    """
+    if not record.netns or record.model == "none":
+        raise NetworkError("the sandbox has no network namespace wired to its VM")
+    if any(e.name == name for e in record.endpoints):
+        raise NetworkError(f"{name} is wired to the VM already")
+    taps = {e.tap for e in record.endpoints}
+    number = next(n for n in range(len(taps) + 1) if f"tap{n}{TAP_SUFFIX}" not in taps)
+    tap = f"tap{number}{TAP_SUFFIX}"
+    with _iproute(record.netns) as ipr:
+        info = scan(ipr)
+        endpoint = next((e for e in info.endpoints if e.name == name), None)
+        if endpoint is None:
+            found = ", ".join(e.name for e in info.endpoints) or "none"
+            raise NetworkError(f"no veth, macvlan or ipvlan link {name!r} in {record.netns} (endpoints: {found})")
+        try:
+            endpoint_record, device = _wire_endpoint(ipr, record.netns, endpoint, tap, number)
+        except BaseException as exc:
+            with contextlib.suppress(NetworkError, OSError):
+                _unwire_one(ipr, EndpointRecord(name, tap))
+            wrapped = _wrap(exc, f"wire {name} in {record.netns}")
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
+    names = {e.name for e in record.endpoints} | {name}
+    return AddedEndpoint(endpoint_record, device, endpoint.interface,
+                         tuple(r for r in info.routes if r.device in names),
+                         tuple(n for n in info.neighbors if n.device == name))
+
+
+def unwire_endpoint(record: NetworkRecord, name: str) -> NetworkRecord:
+    """Undo one endpoint's wiring; the record without it.
+
+    Raises:
+        NetworkError: it is not wired, or it cannot be undone.
+    """
+    endpoint = next((e for e in record.endpoints if e.name == name), None)
+    if endpoint is None:
+        raise NetworkError(f"{name} is not wired to the VM (wired: {', '.join(e.name for e in record.endpoints)})")
+    if os.path.exists(record.netns):
+        with _iproute(record.netns) as ipr:
+            try:
+                _unwire_one(ipr, endpoint)
+            except OSError as exc:
+                raise NetworkError(f"unwire {name} in {record.netns}: {exc.strerror or exc}") from exc
+    return replace(record, endpoints=tuple(e for e in record.endpoints if e.name != name))
+
+
+def _unwire_one(ipr: Any, endpoint: EndpointRecord) -> None:
+    for index in ipr.link_lookup(ifname=endpoint.name):
+        remove_ingress(ipr, index)
+        if endpoint.txqlen >= 0:
+            ipr.link("set", index=index, txqlen=endpoint.txqlen)
+    for index in ipr.link_lookup(ifname=endpoint.tap):
+        ipr.link("del", index=index)
 
 
 def unwire(record: NetworkRecord) -> None:
@@ -151,12 +245,7 @@ def unwire(record: NetworkRecord) -> None:
         with _iproute(record.netns) as ipr:
             for endpoint in record.endpoints:
                 try:
-                    for index in ipr.link_lookup(ifname=endpoint.name):
-                        remove_ingress(ipr, index)
-                        if endpoint.txqlen >= 0:
-                            ipr.link("set", index=index, txqlen=endpoint.txqlen)
-                    for index in ipr.link_lookup(ifname=endpoint.tap):
-                        ipr.link("del", index=index)
+                    _unwire_one(ipr, endpoint)
                 except OSError as exc:
                     raise NetworkError(f"unwire {endpoint.name} in {record.netns}: {exc.strerror or exc}") from exc
     if record.created_netns:

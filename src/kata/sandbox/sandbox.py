@@ -15,11 +15,13 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from kata.agent import AgentClient
+from kata.agent.types import Interface, Route
 from kata.config import Config, LoadedConfig
-from kata.errors import AgentError, KataError, StateError
-from kata.hypervisor import SHARED_FS_TAG
+from kata.errors import AgentError, KataError, NetworkError, StateError
+from kata.hypervisor import SHARED_FS_TAG, Hypervisor
+from kata.hypervisor.devices import NetDevice
 from kata.log import fields
-from kata.network import configure_guest, unwire
+from kata.network import WiredNetwork, configure_guest, unwire, unwire_endpoint, wire_endpoint
 from kata.oci import Bundle
 from kata.sandbox.container import AsyncContainer
 from kata.sandbox.errors import SandboxError, SandboxLostError, SandboxNotFoundError
@@ -311,6 +313,88 @@ class AsyncSandbox:
         except KeyError:
             raise SandboxNotFoundError(f"container {container_id} does not exist in sandbox {self.sandbox_id}",
                                        sandbox_id=self.sandbox_id) from None
+
+    # network interfaces
+
+    def _hypervisor(self, verb: str) -> Hypervisor:
+        if not isinstance(self._vm, OwnedVm):
+            raise StateError(f"sandbox {self.sandbox_id[:12]}: cannot {verb}: only the process that started the VM "
+                             "can hotplug devices", state=self.state.value, required=(_S.RUNNING.value,))
+        return self._vm.hypervisor
+
+    async def add_interface(self, name: str) -> Interface:
+        """Wire the link ``name`` of the sandbox's network namespace (e.g. a second CNI network's veth) to
+        the running VM: tap + tc redirects, NIC hotplugged, then the guest interface gets its addresses and
+        the routes and static neighbours through it. What the guest then has is returned.
+
+        Raises:
+            StateError: not running, or a sandbox this process loaded rather than started.
+            NetworkError: no network namespace, no such link, or it is wired already.
+            HypervisorError: the NIC could not be hotplugged (the wiring is undone).
+            RpcError: the guest refused the interface or routes (the NIC stays; remove_interface undoes it).
+        """
+        async with self._lock:
+            self._life.require("hotplug")
+            hypervisor = self._hypervisor("add an interface")
+            network = self.record.network
+            if network is None:
+                raise NetworkError(f"sandbox {self.sandbox_id[:12]} was created without a network namespace")
+            added = await asyncio.to_thread(wire_endpoint, network, name)
+            try:
+                await hypervisor.add_device(added.device)
+            except BaseException:
+                await asyncio.to_thread(unwire_endpoint, replace(network, endpoints=(added.record,)), name)
+                raise
+            finally:
+                WiredNetwork(network, (added.device,)).close_fds()
+            self.record = replace(self.record, network=replace(network, endpoints=(*network.endpoints, added.record)))
+            self._persist()
+            agent = self.agent_for("call the agent")
+            bus_path = added.device.id  # non-empty: the agent waits for the hotplugged NIC to appear
+            interface = await self.call(agent.update_interface(replace(added.interface, device_path=bus_path)))
+            await self.call(agent.update_routes(added.routes))
+            if added.neighbors:
+                await self.call(agent.add_arp_neighbors(added.neighbors))
+            _log.info("interface added", extra=self._fields(interface=name, tap=added.record.tap))
+            return interface
+
+    async def remove_interface(self, name: str) -> None:
+        """Unplug the NIC :meth:`add_interface` gave the VM for ``name`` and undo its wiring.
+
+        Raises:
+            StateError: not running, or a sandbox this process loaded rather than started.
+            NetworkError: ``name`` was not added by add_interface, or its wiring cannot be undone.
+            HypervisorError: the NIC was there from the start (not hotplugged), or the guest kept it.
+        """
+        async with self._lock:
+            self._life.require("hotplug")
+            hypervisor = self._hypervisor("remove an interface")
+            network = self.record.network
+            endpoint = next((e for e in network.endpoints if e.name == name), None) if network else None
+            if network is None or endpoint is None:
+                raise NetworkError(f"{name} is not an interface of sandbox {self.sandbox_id[:12]}")
+            number = endpoint.tap.removeprefix("tap").partition("_")[0]
+            # Unplugging goes by device id (a cold-plugged NIC is refused: it stays until the VM stops).
+            await hypervisor.remove_device(NetDevice(f"net{number}", "00:00:00:00:00:00", tap_name=endpoint.tap))
+            self.record = replace(self.record, network=await asyncio.to_thread(unwire_endpoint, network, name))
+            self._persist()
+            _log.info("interface removed", extra=self._fields(interface=name))
+
+    async def list_interfaces(self) -> tuple[Interface, ...]:
+        """The guest's interfaces as its kernel has them.
+
+        Raises:
+            StateError: the sandbox is not running.
+        """
+        return await self.call(self.agent_for("call the agent").list_interfaces())
+
+    async def list_routes(self) -> tuple[Route, ...]:
+        """The guest's main routing table.
+
+        Raises:
+            StateError: the sandbox is not running.
+        """
+        return await self.call(self.agent_for("call the agent").list_routes())
 
     async def pause(self) -> None:
         """Freeze the whole VM.

@@ -59,6 +59,7 @@ SANDBOX_VERBS: Mapping[str, frozenset[SandboxState]] = {
     "create container": frozenset({_SB.RUNNING}),
     "call the agent": frozenset({_SB.RUNNING}),
     "pause": frozenset({_SB.RUNNING}),
+    "hotplug": frozenset({_SB.RUNNING}),
     "resume": frozenset({_SB.PAUSED}),
     "detach": frozenset({_SB.RUNNING, _SB.PAUSED}),
     "delete": frozenset({_SB.CREATING, _SB.RUNNING, _SB.PAUSED, _SB.LOST}),

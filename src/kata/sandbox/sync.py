@@ -11,6 +11,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
 from typing import BinaryIO, TypeVar
 
+from kata.agent.types import Interface, Route
 from kata.config import Config, LoadedConfig
 from kata.oci import Bundle, Process, Resources
 from kata.sandbox.container import AsyncContainer
@@ -269,6 +270,22 @@ class Sandbox:
     def container(self, container_id: str) -> Container:
         """See :meth:`AsyncSandbox.container`."""
         return Container(self.inner.container(container_id), self._loop)
+
+    def add_interface(self, name: str) -> Interface:
+        """See :meth:`AsyncSandbox.add_interface`."""
+        return self._loop.run(self.inner.add_interface(name))
+
+    def remove_interface(self, name: str) -> None:
+        """See :meth:`AsyncSandbox.remove_interface`."""
+        self._loop.run(self.inner.remove_interface(name))
+
+    def list_interfaces(self) -> tuple[Interface, ...]:
+        """See :meth:`AsyncSandbox.list_interfaces`."""
+        return self._loop.run(self.inner.list_interfaces())
+
+    def list_routes(self) -> tuple[Route, ...]:
+        """See :meth:`AsyncSandbox.list_routes`."""
+        return self._loop.run(self.inner.list_routes())
 
     def pause(self) -> None:
         """See :meth:`AsyncSandbox.pause`."""
