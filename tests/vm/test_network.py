@@ -3,6 +3,7 @@ and a namespace left exactly as it was."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kata.oci.model import Mount
 from kata.sandbox import OutputBuffer, Sandbox
 from tests.agent.sandbox_support import make_bundle
 from tests.cni import CniNetns, cni_attach, cni_netns, netns_snapshot
@@ -89,8 +91,19 @@ def test_container_gets_the_cni_address_talks_tcp_and_hotplugs(tmp_path: Path) -
         before = netns_snapshot(ns.path)
         sb = Sandbox.create(config, root=tmp_path / "run", sandbox_id="netsb", netns=ns.path)
         try:
-            text = _run(sb, make_bundle(tmp_path / "b", "sh", "-c", "ip -o -4 addr show eth0; ip route"), "show")
+            etc = tmp_path / "etc"
+            etc.mkdir()
+            (etc / "resolv.conf").write_text("nameserver 10.88.77.1\nsearch pykata.test\n")
+            (etc / "hosts").write_text("127.0.0.1 localhost\n10.88.77.9 db.pykata.test\n")
+            files = [Mount(destination=f"/etc/{name}", type="bind", source=str(etc / name), options=("rbind", "ro"))
+                     for name in ("resolv.conf", "hosts")]
+            bundle = make_bundle(tmp_path / "b", "sh", "-c", "ip -o -4 addr show eth0; ip route; hostname; "
+                                 "cat /etc/resolv.conf /etc/hosts", mounts=files)
+            spec = json.loads((bundle / "config.json").read_text())
+            (bundle / "config.json").write_text(json.dumps({**spec, "hostname": "web-1"}))
+            text = _run(sb, bundle, "show")
             assert f"inet {ns.address}/{ns.prefix}" in text and f"default via {ns.gateway}" in text, text
+            assert "\nweb-1\n" in text and "search pykata.test" in text and "db.pykata.test" in text, text
             _host_to_container(sb, ns, tmp_path)
             _container_to_host(sb, ns, tmp_path)
             _hotplug(sb, ns, tmp_path)

@@ -90,18 +90,18 @@ class WiredNetwork:
 def _iproute(netns: str) -> Any:
     from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
+    if not os.path.exists(netns):  # pyroute2 would create it
+        raise NetworkError(f"open network namespace {netns}: it does not exist")
     try:
-        return IPRoute(netns=netns)
+        return IPRoute(netns=netns, flags=os.O_RDONLY)
     except OSError as exc:
         raise NetworkError(f"open network namespace {netns}: {exc.strerror or exc}") from exc
 
 
 def _wire_endpoint(ipr: Any, netns: str, endpoint: Endpoint, tap: str, number: int,
                    ) -> tuple[EndpointRecord, NetDevice]:
-    """Tap + redirects both ways for one endpoint. The tap fd comes back in the NetDevice; on failure the
-    fd is closed (the tap with it) and the redirects made are left for :func:`unwire` of the record."""
-    if has_ingress(ipr, endpoint.index):
-        raise NetworkError(f"{endpoint.name} in {netns} already has an ingress qdisc: not wiring it")
+    """Tap + redirects both ways for one endpoint (checked by :func:`_refuse_taken` first). The tap fd comes
+    back in the NetDevice; on failure the fd is closed and the redirects made are left for :func:`unwire`."""
     txqlen = int(ipr.get_links(endpoint.index)[0].get_attr("IFLA_TXQLEN"))
     fd = open_tap(netns, tap)
     try:
@@ -114,6 +114,12 @@ def _wire_endpoint(ipr: Any, netns: str, endpoint: Endpoint, tap: str, number: i
         raise
     device = NetDevice(f"net{number}", endpoint.interface.hw_addr, tap_fds=(fd,), mtu=endpoint.interface.mtu)
     return EndpointRecord(endpoint.name, tap, txqlen), device
+
+
+def _refuse_taken(ipr: Any, netns: str, endpoint: Endpoint) -> None:
+    """Raise before anything is changed when the endpoint's ingress is someone else's."""
+    if has_ingress(ipr, endpoint.index):
+        raise NetworkError(f"{endpoint.name} in {netns} already has an ingress qdisc: not wiring it")
 
 
 def _wrap(exc: BaseException, what: str) -> BaseException:
@@ -143,6 +149,7 @@ def wire(netns: str | None, *, model: str = "tcfilter", sandbox_id: str = "", ne
             wired.info = info = scan(ipr)
             for number, endpoint in enumerate(info.endpoints):
                 tap = f"tap{number}{TAP_SUFFIX}"
+                _refuse_taken(ipr, netns, endpoint)
                 done = wired.record.endpoints  # a half-wired endpoint is in the record, for the rollback
                 wired.record = replace(wired.record, endpoints=(*done, EndpointRecord(endpoint.name, tap)))
                 endpoint_record, device = _wire_endpoint(ipr, netns, endpoint, tap, number)
@@ -192,6 +199,7 @@ def wire_endpoint(record: NetworkRecord, name: str) -> AddedEndpoint:
         if endpoint is None:
             found = ", ".join(e.name for e in info.endpoints) or "none"
             raise NetworkError(f"no veth, macvlan or ipvlan link {name!r} in {record.netns} (endpoints: {found})")
+        _refuse_taken(ipr, record.netns, endpoint)
         try:
             endpoint_record, device = _wire_endpoint(ipr, record.netns, endpoint, tap, number)
         except BaseException as exc:
