@@ -1,4 +1,5 @@
-"""A real containerd 1.6 for tests: own root, state, sockets and config in a temporary directory."""
+"""A real containerd 1.6 for tests: own root, state, sockets and config in a temporary directory (and,
+when asked, its CRI plugin with runtime handlers for our shim)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,59 @@ disabled_plugins = [{disabled}]
 [plugins."io.containerd.internal.v1.opt"]
   path = "{root}/opt"
 """
+CRI_PLUGIN = 'plugins."io.containerd.grpc.v1.cri"'
+# The CRI plugin without network access or CNI: pods use the host network, the sandbox (pause) image is
+# one imported beforehand, the streaming server takes a free port. Root here lacks CAP_SYS_RESOURCE, so
+# containers' oom_score_adj may not go below containerd's own (restrict_oom_score_adj). Naming any runtime
+# replaces the plugin's table of runtimes: runc (the default handler) is named again.
+CRI_CONFIG = """\
+[{plugin}]
+  sandbox_image = "{sandbox_image}"
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+[{plugin}.cni]
+  conf_dir = "{root}/cni/net.d"
+[{plugin}.containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "runc"
+[{plugin}.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+"""
+CRI_RUNTIME = """\
+[{plugin}.containerd.runtimes.{handler}]
+  runtime_type = "{runtime_type}"
+[{plugin}.containerd.runtimes.{handler}.options]
+  ConfigPath = "{config_path}"
+"""
+CRI_NAMESPACE = "k8s.io"  # where the CRI plugin keeps its containers and images
+
+
+@dataclass(frozen=True)
+class CriRuntime:
+    """A CRI runtime handler: ``runtime_type`` is a shim's name or (containerd 1.6) absolute path;
+    ``config_path`` is passed to it as runtimeoptions.v1.Options{config_path} (ConfigPath)."""
+
+    handler: str
+    runtime_type: str
+    config_path: str = ""
+
+
+@dataclass(frozen=True)
+class CriOptions:
+    """Enable the CRI plugin with these runtime handlers and this (already imported) pause image."""
+
+    sandbox_image: str
+    runtimes: tuple[CriRuntime, ...] = ()
+
+    def toml(self, root: Path) -> str:
+        """The plugin's section of containerd's config.toml (version 2)."""
+        text = CRI_CONFIG.format(plugin=CRI_PLUGIN, sandbox_image=self.sandbox_image, root=root)
+        for runtime in self.runtimes:
+            text += CRI_RUNTIME.format(plugin=CRI_PLUGIN, handler=runtime.handler, runtime_type=runtime.runtime_type,
+                                       config_path=runtime.config_path)
+        return text
 
 
 @dataclass(frozen=True)
@@ -55,12 +109,14 @@ def _wait_ready(daemon: Containerd, log: Path, timeout: float = 30) -> None:
 
 
 @contextlib.contextmanager
-def run_containerd(base: Path, *, cri: bool = False, path: str | None = None) -> Iterator[Containerd]:
-    """Start containerd under ``base`` (short path: socket paths are limited to 108 bytes)."""
+def run_containerd(base: Path, *, cri: CriOptions | None = None, path: str | None = None) -> Iterator[Containerd]:
+    """Start containerd under ``base`` (short path: socket paths are limited to 108 bytes); its CRI plugin
+    only with ``cri``."""
     if shutil.which("containerd") is None or shutil.which("ctr") is None:
         pytest.skip("containerd/ctr not installed (run make setup)")
     disabled = "" if cri else '"io.containerd.grpc.v1.cri"'
-    (base / "config.toml").write_text(CONFIG.format(root=base, disabled=disabled))
+    config = CONFIG.format(root=base, disabled=disabled) + (cri.toml(base) if cri else "")
+    (base / "config.toml").write_text(config)
     log = base / "containerd.log"
     env = {**os.environ, "PATH": path or os.environ["PATH"]}
     with log.open("wb") as out:

@@ -1,4 +1,5 @@
-"""Container images without a registry: a busybox OCI image archive for `ctr image import`."""
+"""Container images without a registry: busybox OCI image archives for `ctr image import` (a plain one,
+and a "pause" one for the CRI plugin's pod sandboxes)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BUSYBOX_IMAGE", "OciImage", "busybox_image"]
+__all__ = ["BUSYBOX_IMAGE", "PAUSE_IMAGE", "OciImage", "busybox_image", "pause_image"]
 
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_IMAGE = "docker.io/library/pykata-busybox:latest"
+PAUSE_IMAGE = "docker.io/library/pykata-pause:latest"
+# What a pod's sandbox container runs: nothing, until it is killed (SIGKILL, as the CRI plugin stops it).
+PAUSE_ENTRYPOINT = ["/bin/sleep", "2147483647"]
 LAYER = "application/vnd.oci.image.layer.v1.tar"
 CONFIG = "application/vnd.oci.image.config.v1+json"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -63,6 +67,16 @@ def _json(value: object) -> bytes:
 
 def busybox_image(directory: Path, name: str = BUSYBOX_IMAGE) -> OciImage:
     """Write ``directory``/busybox-oci.tar (deterministic: same bytes every time)."""
+    return _busybox_archive(directory / "busybox-oci.tar", name, {"Cmd": ["sh"]})
+
+
+def pause_image(directory: Path, name: str = PAUSE_IMAGE) -> OciImage:
+    """Write ``directory``/pause-oci.tar: busybox whose entrypoint sleeps forever (a pod's sandbox image)."""
+    return _busybox_archive(directory / "pause-oci.tar", name, {"Entrypoint": PAUSE_ENTRYPOINT})
+
+
+def _busybox_archive(archive: Path, name: str, command: dict[str, list[str]]) -> OciImage:
+    """An OCI image-layout archive of the busybox layer, with ``command`` (Cmd/Entrypoint) in its config."""
     if not BUSYBOX.exists():
         raise FileNotFoundError(f"{BUSYBOX} (busybox-static) is needed to build the test image")
     blobs: dict[str, bytes] = {}
@@ -70,7 +84,7 @@ def busybox_image(directory: Path, name: str = BUSYBOX_IMAGE) -> OciImage:
     layer_desc = _blob(blobs, LAYER, layer)
     config = {"architecture": "amd64", "os": "linux",
               "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                         "Cmd": ["sh"], "WorkingDir": "/"},
+                         "WorkingDir": "/", **command},
               "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]}}
     config_desc = _blob(blobs, CONFIG, _json(config))
     manifest_desc = _blob(blobs, MANIFEST, _json({"schemaVersion": 2, "mediaType": MANIFEST, "config": config_desc,
@@ -81,7 +95,6 @@ def busybox_image(directory: Path, name: str = BUSYBOX_IMAGE) -> OciImage:
     files = {"oci-layout": _json({"imageLayoutVersion": "1.0.0"}),
              "index.json": _json({"schemaVersion": 2, "manifests": [manifest_desc]})}
     files |= {f"blobs/sha256/{digest.removeprefix('sha256:')}": data for digest, data in blobs.items()}
-    archive = directory / "busybox-oci.tar"
     with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
         for directory_name in ("blobs", "blobs/sha256"):
             tar.addfile(_info(directory_name, type=tarfile.DIRTYPE, mode=0o755))

@@ -11,19 +11,21 @@ from grpc_tools import protoc  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
-DEFAULT_OUT = ROOT / "src"
+# Where each top-level tree of protos/ goes: the product's under src/ (kata/protocols/pb), the tests'
+# own (the CRI client's, tests/pb) beside the tests. ``--out DIR`` puts every tree under DIR.
+TREES = {"kata": ROOT / "src", "tests": ROOT}
 
 
-def proto_files() -> list[Path]:
-    """Every .proto source we own, in a stable order."""
-    return sorted(PROTO_ROOT.rglob("*.proto"))
+def proto_files(tree: str = "kata") -> list[Path]:
+    """Every .proto source we own in ``tree`` (a top-level directory of protos/), in a stable order."""
+    return sorted((PROTO_ROOT / tree).rglob("*.proto"))
 
 
-def generate(out: Path) -> None:
+def generate(out: Path, tree: str = "kata") -> None:
     """Run protoc (from grpcio-tools, pinned) with mypy-protobuf stubs into ``out``."""
     include = str(resources.files("grpc_tools") / "_proto")
     plugin = Path(sys.executable).parent / "protoc-gen-mypy"
-    files = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
+    files = [str(p.relative_to(PROTO_ROOT)) for p in proto_files(tree)]
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
@@ -34,13 +36,15 @@ def generate(out: Path) -> None:
         *files,
     ]
     if protoc.main(args) != 0:
-        raise SystemExit("genprotos: protoc failed")
+        raise SystemExit(f"genprotos: protoc failed on protos/{tree}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    generate(parser.parse_args().out)
+    parser.add_argument("--out", type=Path, help="put every tree under this directory (default: each its own)")
+    out = parser.parse_args().out
+    for tree, default in TREES.items():
+        generate(out or default, tree)
 
 
 if __name__ == "__main__":

@@ -112,12 +112,13 @@ def test_committed_code_is_fresh(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    fresh = generated_files(tmp_path / "kata" / "protocols" / "pb")
-    committed = generated_files(COMMITTED)
-    assert fresh, "genprotos produced nothing"
-    assert sorted(committed) == sorted(fresh), "generated file set differs: run make protos"
-    stale = [name for name, data in fresh.items() if committed[name] != data]
-    assert not stale, f"stale generated code {stale}: run make protos"
+    for package, committed_dir in (("kata/protocols/pb", COMMITTED), ("tests/pb", ROOT / "tests" / "pb")):
+        fresh = generated_files(tmp_path / package)
+        committed = generated_files(committed_dir)
+        assert fresh, f"genprotos produced nothing in {package}"
+        assert sorted(committed) == sorted(fresh), f"generated file set of {package} differs: run make protos"
+        stale = [name for name, data in fresh.items() if committed[name] != data]
+        assert not stale, f"stale generated code {stale}: run make protos"
 
 
 # --- (b) service tables --------------------------------------------------------

@@ -192,6 +192,10 @@ class AgentClient:
         """
         await self._empty("UpdateContainer", trans.update_to_pb(container_id, resources))
 
+    async def get_metrics(self) -> str:
+        """The agent's (and guest's) metrics in Prometheus text format."""
+        return (await self._call("GetMetrics", agent_pb2.GetMetricsRequest(), agent_pb2.Metrics)).metrics
+
     async def stats_container(self, container_id: str) -> agent_pb2.StatsContainerResponse:
         """Raw cgroup statistics (kept as protobuf: the shim forwards them as cgroup metrics)."""
         return await self._call("StatsContainer", agent_pb2.StatsContainerRequest(

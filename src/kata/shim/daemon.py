@@ -14,6 +14,7 @@ from kata.log import configure, fields
 from kata.protocols.services import TASK_SERVICE
 from kata.shim.address import socket_path
 from kata.shim.main import ShimFlags
+from kata.shim.monitor import ShimMonitor
 from kata.shim.publisher import MemoryPublisher, Publisher, RemotePublisher
 from kata.shim.service import TaskService
 from kata.ttrpc.aio import AsyncServer
@@ -86,6 +87,8 @@ async def serve(flags: ShimFlags) -> None:
     listener = _listener(flags)
     publisher = _publisher(flags.namespace)
     service = TaskService(publisher, namespace=flags.namespace, config_path=flags.config)
+    monitor = ShimMonitor(lambda: len(service.tasks))  # shim-monitor.sock while the sandbox lives
+    service.watchers.append(monitor)
     router = Router()
     router.register(TASK_SERVICE, service.methods())
     server = AsyncServer(router)
@@ -105,6 +108,7 @@ async def serve(flags: ShimFlags) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await accepting
     _remove_socket(flags, listener)
+    await monitor.close()
     await server.close(grace=CLOSE_GRACE)
     await publisher.close()
     _log.info("shim exiting", extra=fields(id=flags.id))

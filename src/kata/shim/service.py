@@ -21,7 +21,7 @@ from kata.oci import Bundle, load_bundle
 from kata.protocols.pb import containerd_task_types_pb2, shim_task_pb2
 from kata.sandbox import SandboxLostError
 from kata.shim import translate
-from kata.shim.backend import SandboxFactory, SandboxHandle, create_sandbox
+from kata.shim.backend import SandboxFactory, SandboxHandle, SandboxWatcher, create_sandbox
 from kata.shim.pod import membership
 from kata.shim.publisher import Publisher
 from kata.shim.rootfs import mount_all, unmount_all
@@ -65,7 +65,7 @@ class TaskService:
     """One shim's tasks: the sandbox (made by the first Create), its containers, their processes.
 
     ``publisher`` receives the task events; ``shutdown_requested`` is set when Shutdown finds no task
-    left (the daemon then exits).
+    left (the daemon then exits); ``watchers`` are told when the sandbox is made and before it goes.
     """
 
     def __init__(self, publisher: Publisher, *, namespace: str = "default", config_path: str = "",
@@ -79,11 +79,17 @@ class TaskService:
         self._sandbox: SandboxHandle | None = None
         self._unsubscribe_oom: Callable[[], None] | None = None
         self._lock = asyncio.Lock()  # sandbox creation and removal, one at a time
+        self.watchers: list[SandboxWatcher] = []
 
     @property
     def sandbox(self) -> SandboxHandle | None:
         """The sandbox, once the first task made it."""
         return self._sandbox
+
+    @property
+    def tasks(self) -> TaskTable:
+        """The tasks (read them; the RPCs change them)."""
+        return self._tasks
 
     def methods(self) -> dict[str, MethodSpec]:
         """The method table of containerd.task.v2.Task for a Router."""
@@ -196,6 +202,8 @@ class TaskService:
         self._sandbox = sandbox
         stack.push_async_callback(self._drop_sandbox)
         self._unsubscribe_oom = sandbox.on_oom(self._on_oom)
+        for watcher in self.watchers:
+            await watcher.sandbox_started(sandbox)
         return sandbox
 
     async def _drop_sandbox(self) -> None:
@@ -204,6 +212,8 @@ class TaskService:
             self._unsubscribe_oom()
             self._unsubscribe_oom = None
         if sandbox is not None:
+            for watcher in self.watchers:
+                await watcher.sandbox_stopping(sandbox)
             await sandbox.delete()
 
     # the other RPCs
