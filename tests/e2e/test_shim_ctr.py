@@ -247,3 +247,17 @@ def test_cri_annotated_containers_share_the_pods_vm(kata_containerd: Containerd)
     ok(ctd.ctr("task", "delete", "pod1"))
     ok(ctd.ctr("container", "rm", "pod1"))
     assert not Path("/run/kata/pod1").exists()
+
+
+def test_a_container_over_its_memory_limit_gets_oom_killed_and_containerd_hears_of_it(
+        kata_containerd: Containerd) -> None:
+    """The guest's memory cgroup kills the hog; the agent's OOM event becomes containerd's TaskOOM."""
+    ctd = kata_containerd
+    with ctr_events(ctd) as events:
+        hog = "a=$(head -c 200000000 /dev/zero | tr '\\0' x); echo survived"
+        run = ctd.ctr("run", "--rm", "--memory-limit", str(32 << 20), "--runtime", KATA, BUSYBOX_IMAGE, "oom1",
+                      "sh", "-c", hog, timeout=RUN_TIMEOUT)
+        assert run.returncode == 137 and "survived" not in run.stdout, (run.returncode, run.stdout, run.stderr)
+        wait_for(lambda: "/tasks/oom" in events.topics("oom1"), 15, "the OOM event")
+        topics = events.topics("oom1")
+    assert topics.index("/tasks/oom") < topics.index("/tasks/exit"), topics
