@@ -80,5 +80,20 @@ def test_new_and_missing_namespaces() -> None:
     assert wire(None).devices == ()
     with pytest.raises(NetworkError, match="open network namespace /run/netns/pykata-nope"):
         wire("/run/netns/pykata-nope")
-    with pytest.raises(NetworkError, match="internetworking model 'macvtap' is not supported"):
-        wire("/run/netns/x", model="macvtap")
+    with pytest.raises(NetworkError, match="internetworking model 'bridged' is not supported"):
+        wire("/run/netns/x", model="bridged")
+
+
+def test_macvtap_passthru_takes_the_endpoints_mac_and_goes_without_a_trace(tmp_path: Path) -> None:
+    with cni_netns(tmp_path) as ns:
+        before = netns_snapshot(ns.path)
+        wired = wire(ns.path, model="macvtap")
+        try:
+            (device,) = wired.devices
+            assert device.mac == wired.info.endpoints[0].interface.hw_addr
+            assert "tap0_kata@eth0" in _links(ns.path) and "macvtap" not in netns_snapshot(ns.path)["qdiscs"]
+            assert os.readlink(f"/proc/self/fd/{device.tap_fds[0]}").startswith("/dev/tap")
+        finally:
+            wired.close_fds()
+            unwire(wired.record)
+        assert netns_snapshot(ns.path) == before

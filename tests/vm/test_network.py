@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -85,8 +86,10 @@ def _hotplug(sb: Sandbox, ns: CniNetns, tmp_path: Path) -> None:
         assert not any(i.name == "eth1" for i in sb.list_interfaces())
 
 
-def test_container_gets_the_cni_address_talks_tcp_and_hotplugs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", ["tcfilter", "macvtap"])
+def test_container_gets_the_cni_address_talks_tcp_and_hotplugs(tmp_path: Path, model: str) -> None:
     config = config_for("virtio-fs")
+    config = replace(config, runtime=replace(config.runtime, internetworking_model=model))
     with cni_netns(tmp_path) as ns:
         before = netns_snapshot(ns.path)
         sb = Sandbox.create(config, root=tmp_path / "run", sandbox_id="netsb", netns=ns.path)

@@ -11,9 +11,10 @@ from typing import Any
 from kata.errors import NetworkError
 from kata.network.netns import in_netns
 
-__all__ = ["INGRESS_HANDLE", "has_ingress", "open_tap", "redirect", "remove_ingress"]
+__all__ = ["INGRESS_HANDLE", "has_ingress", "open_macvtap", "open_tap", "redirect", "remove_ingress"]
 
 TUNSETIFF = 0x400454CA
+TUNGETIFF = 0x800454D2
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
@@ -45,6 +46,37 @@ def open_tap(netns: str, name: str) -> int:
         return in_netns(netns, create)
     except OSError as exc:
         raise NetworkError(f"create tap {name} in {netns}: {exc.strerror}") from exc
+
+
+def open_macvtap(ipr: Any, lower: int, name: str, mtu: int) -> int:
+    """Make the macvtap ``name`` in passthru mode on link ``lower`` (it takes the lower link's MAC and
+    every frame that arrives there) and open its character device for the VMM.
+
+    devtmpfs names the device ``/dev/tap<ifindex>`` whatever namespace the link is in, so the opened
+    device is checked to be ours (TUNGETIFF names its link).
+
+    Raises:
+        NetworkError: the link or device cannot be made or opened, or the device is another link's.
+    """
+    ipr.link("add", ifname=name, kind="macvtap", link=lower, macvtap_mode="passthru")
+    index = ipr.link_lookup(ifname=name)[0]
+    ipr.link("set", index=index, mtu=mtu, state="up")
+    path = f"/dev/tap{index}"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NetworkError(f"open {path} (macvtap {name}): {exc.strerror}") from exc
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", b"", IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+        answer = fcntl.ioctl(fd, TUNGETIFF, bytes(40))
+    except OSError as exc:
+        os.close(fd)
+        raise NetworkError(f"set up {path} (macvtap {name}): {exc.strerror}") from exc
+    owner = answer[:IFNAMSIZ].rstrip(b"\0").decode()
+    if owner != name:
+        os.close(fd)
+        raise NetworkError(f"{path} belongs to link {owner!r}, not {name!r} (two namespaces share the ifindex)")
+    return fd
 
 
 def has_ingress(ipr: Any, index: int) -> bool:

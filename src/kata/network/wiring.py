@@ -24,13 +24,13 @@ from kata.hypervisor.devices import NetDevice
 from kata.log import fields
 from kata.network.netns import create_netns, remove_netns
 from kata.network.scan import TAP_SUFFIX, Endpoint, NetworkInfo, scan
-from kata.network.tap import has_ingress, open_tap, redirect, remove_ingress
+from kata.network.tap import has_ingress, open_macvtap, open_tap, redirect, remove_ingress
 
 __all__ = ["MODELS", "AddedEndpoint", "EndpointRecord", "NetworkRecord", "WiredNetwork", "configure_guest", "unwire",
            "unwire_endpoint", "wire", "wire_endpoint"]
 
 _log = logging.getLogger("kata.network")
-MODELS = ("tcfilter", "none")
+MODELS = ("tcfilter", "macvtap", "none")
 
 
 @dataclass(frozen=True)
@@ -98,10 +98,15 @@ def _iproute(netns: str) -> Any:
         raise NetworkError(f"open network namespace {netns}: {exc.strerror or exc}") from exc
 
 
-def _wire_endpoint(ipr: Any, netns: str, endpoint: Endpoint, tap: str, number: int,
+def _wire_endpoint(ipr: Any, netns: str, endpoint: Endpoint, tap: str, number: int, *, model: str,
                    ) -> tuple[EndpointRecord, NetDevice]:
-    """Tap + redirects both ways for one endpoint (checked by :func:`_refuse_taken` first). The tap fd comes
-    back in the NetDevice; on failure the fd is closed and the redirects made are left for :func:`unwire`."""
+    """``tcfilter``: tap + redirects both ways (checked by :func:`_refuse_taken` first); ``macvtap``: a
+    passthru macvtap on the endpoint. The fd comes back in the NetDevice; on failure the fd is closed and
+    the links and redirects made are left for :func:`unwire`."""
+    if model == "macvtap":
+        fd = open_macvtap(ipr, endpoint.index, tap, endpoint.interface.mtu)
+        device = NetDevice(f"net{number}", endpoint.interface.hw_addr, tap_fds=(fd,), mtu=endpoint.interface.mtu)
+        return EndpointRecord(endpoint.name, tap), device
     txqlen = int(ipr.get_links(endpoint.index)[0].get_attr("IFLA_TXQLEN"))
     fd = open_tap(netns, tap)
     try:
@@ -149,10 +154,11 @@ def wire(netns: str | None, *, model: str = "tcfilter", sandbox_id: str = "", ne
             wired.info = info = scan(ipr)
             for number, endpoint in enumerate(info.endpoints):
                 tap = f"tap{number}{TAP_SUFFIX}"
-                _refuse_taken(ipr, netns, endpoint)
+                if model == "tcfilter":
+                    _refuse_taken(ipr, netns, endpoint)
                 done = wired.record.endpoints  # a half-wired endpoint is in the record, for the rollback
                 wired.record = replace(wired.record, endpoints=(*done, EndpointRecord(endpoint.name, tap)))
-                endpoint_record, device = _wire_endpoint(ipr, netns, endpoint, tap, number)
+                endpoint_record, device = _wire_endpoint(ipr, netns, endpoint, tap, number, model=model)
                 wired.record = replace(wired.record, endpoints=(*done, endpoint_record))
                 wired.devices += (device,)
     except BaseException as exc:
@@ -199,9 +205,10 @@ def wire_endpoint(record: NetworkRecord, name: str) -> AddedEndpoint:
         if endpoint is None:
             found = ", ".join(e.name for e in info.endpoints) or "none"
             raise NetworkError(f"no veth, macvlan or ipvlan link {name!r} in {record.netns} (endpoints: {found})")
-        _refuse_taken(ipr, record.netns, endpoint)
+        if record.model == "tcfilter":
+            _refuse_taken(ipr, record.netns, endpoint)
         try:
-            endpoint_record, device = _wire_endpoint(ipr, record.netns, endpoint, tap, number)
+            endpoint_record, device = _wire_endpoint(ipr, record.netns, endpoint, tap, number, model=record.model)
         except BaseException as exc:
             with contextlib.suppress(NetworkError, OSError):
                 _unwire_one(ipr, EndpointRecord(name, tap))
