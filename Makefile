@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # Debian packages pykata needs on the host (and to build the guest image).
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static lz4 erofs-utils e2fsprogs cpio kmod \
-	python3.11 containerd runc containernetworking-plugins podman iproute2 tmux
+	python3.11 containerd runc containernetworking-plugins podman iproute2 tmux docker.io
 
 .PHONY: setup apt venv image test lint demo protos clean
 

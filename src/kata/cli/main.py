@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -19,6 +18,21 @@ __all__ = ["main"]
 PROG = "kata-runtime"
 # verb -> (module under kata.cli, help). Modules are imported only when their verb runs.
 VERBS = {
+    "create": ("create", "create a container (its VM boots; the process does not start)"),
+    "start": ("start", "start a created container's process"),
+    "run": ("run", "create and start a container"),
+    "state": ("state", "print a container's OCI state as JSON"),
+    "kill": ("kill", "send a signal to a container's process"),
+    "delete": ("delete", "delete a container, its VM and its daemon"),
+    "exec": ("exec", "run another process in a container"),
+    "ps": ("ps", "show a container's host processes"),
+    "list": ("list", "list the containers under --root"),
+    "pause": ("pause", "freeze a container's processes"),
+    "resume": ("resume", "thaw a paused container"),
+    "events": ("events", "print a container's resource usage"),
+    "update": ("update", "change a container's cgroup limits"),
+    "spec": ("spec", "write a default config.json"),
+    "features": ("features", "print the features this runtime supports (JSON)"),
     "check": ("check", "check that this host can run pykata sandboxes"),
     "env": ("env", "show the effective configuration, paths, versions and host facts"),
     "image": ("image", "build the guest kernel and image"),
@@ -32,9 +46,27 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser: runc's global options, then a verb."""
-    parser = _Parser(prog=PROG, description="pykata: OCI runtime that runs containers in VMs")
+# Global options that take a value (so the word after them is not the verb).
+_VALUED = frozenset({"--root", "--log", "--log-format", "--config", "--kata-config", "--criu", "--rootless"})
+
+
+def selected_verb(argv: Sequence[str]) -> str | None:
+    """The verb ``argv`` names (the first word that is not a global option or its value), if any."""
+    words = iter(argv)
+    for word in words:
+        if word in VERBS:
+            return word
+        if word in _VALUED:
+            next(words, None)
+        elif not word.startswith("-"):
+            return None
+    return None
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser: runc's global options, then a verb. Engines run a verb per call, so only the
+    arguments of ``verb`` are defined when it is given (every verb's otherwise)."""
+    parser = _Parser(prog=PROG, description="pykata: OCI runtime that runs containers in VMs", allow_abbrev=False)
     parser.add_argument("--root", default=os.environ.get("KATA_ROOT", DEFAULT_ROOT),
                         help="state directory (default: %(default)s)")
     parser.add_argument("--log", help="write log records to this file (default: stderr)")
@@ -45,32 +77,53 @@ def build_parser() -> argparse.ArgumentParser:
                         help="configuration file (overrides the search list)")
     parser.add_argument("--show-default-config-paths", action="store_true",
                         help="print the configuration search list and exit")
+    parser.add_argument("-v", "--version", action="store_true", help="print the version (runc's format) and exit")
+    parser.add_argument("--criu", help="accepted for runc compatibility (no checkpoint/restore)")
+    parser.add_argument("--rootless", default="auto", help="accepted for runc compatibility")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND")
-    for verb, (module, text) in VERBS.items():
-        sub = verbs.add_parser(verb, help=text, description=text)
-        importlib.import_module(f"kata.cli.{module}").add_arguments(sub)
+    for name, (module, text) in VERBS.items():
+        sub = verbs.add_parser(name, help=text, description=text, allow_abbrev=False)
+        if verb in (None, name):
+            importlib.import_module(f"kata.cli.{module}").add_arguments(sub)
     return parser
 
 
 def _report(error: BaseException, args: argparse.Namespace | None) -> None:
-    """One line on stderr; also a log record when a log file or JSON format was asked for."""
+    """One line on stderr (JSON with --log-format json, as runc's logrus); also a log record in --log."""
     message = str(error) or type(error).__name__
     if args is not None and args.log:
+        import logging
         logging.getLogger("kata.cli").error(message)
     if args is not None and args.log_format == "json" and not args.log:
-        print(json.dumps({"level": "error", "msg": message}), file=sys.stderr)
+        import time
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        print(json.dumps({"level": "error", "msg": message, "time": stamp}), file=sys.stderr)
     else:
         print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def _print_version() -> int:
+    """``--version`` as runc prints it (engines parse the first line and ``spec:``)."""
+    import platform
+
+    from kata import __version__
+    from kata.cli.version import OCI_VERSION
+    print(f"{PROG} version {__version__}\ncommit: none\nspec: {OCI_VERSION}\npython: {platform.python_version()}")
+    return 0
 
 
 def _run(argv: Sequence[str] | None) -> int:
     args = None
     try:
-        args = build_parser().parse_args(argv)
-        from kata.log import configure
-        configure(debug=args.debug, log_file=args.log, log_format=args.log_format)
+        words = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(selected_verb(words)).parse_args(words)
+        if args.log or args.debug or args.log_format != "text":  # else warnings reach stderr unformatted
+            from kata.log import configure
+            configure(debug=args.debug, log_file=args.log, log_format=args.log_format)
         ctx = CliContext(root=args.root, config_path=args.config, debug=args.debug, log=args.log,
                          log_format=args.log_format)
+        if args.version:
+            return _print_version()
         if args.show_default_config_paths:
             from kata.cli.paths import show_default_config_paths
             return show_default_config_paths(ctx)
@@ -82,6 +135,9 @@ def _run(argv: Sequence[str] | None) -> int:
     except KataError as exc:
         _report(exc, args)
         return exc.exit_code
+    except BrokenPipeError:  # `kata-runtime list | head`: stop quietly, as a process killed by SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     except OSError as exc:
         _report(exc, args)
         return EXIT_ERROR

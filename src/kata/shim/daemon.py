@@ -26,6 +26,7 @@ _log = logging.getLogger("kata.shim")
 LISTEN_FD = 3  # containerd's convention: the listening socket `start` created
 LOG_FIFO = "log"  # in the bundle (our cwd): containerd reads it and copies it into its own log
 CLOSE_GRACE = 2.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _log_to_containerd(debug: bool) -> None:
@@ -93,8 +94,9 @@ async def serve(flags: ShimFlags) -> None:
     router.register(TASK_SERVICE, service.methods())
     server = AsyncServer(router)
     stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
+    os.register_at_fork(after_in_child=_default_signals)
     accepting = loop.create_task(_accept(listener, server), name="accept")
     _log.info("shim serving", extra=fields(id=flags.id, namespace=flags.namespace, pid=os.getpid()))
     done = [loop.create_task(event.wait()) for event in (service.shutdown_requested, stop)]
@@ -112,6 +114,15 @@ async def serve(flags: ShimFlags) -> None:
     await server.close(grace=CLOSE_GRACE)
     await publisher.close()
     _log.info("shim exiting", extra=fields(id=flags.id))
+
+
+def _default_signals() -> None:
+    """In a child a library forks (pyroute2's netns helpers): without this it shares our signal wakeup fd,
+    and a SIGTERM it is sent would reach our loop as if we had got it, removing every task."""
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(-1)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
 
 
 def run(flags: ShimFlags) -> int:
