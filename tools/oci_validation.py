@@ -2,7 +2,7 @@
 
 Usage:
     python tools/oci_validation.py --suite DIR --tap PATH [--runtime NAME=PATH ...] [--only GLOB]
-        [--raw-dir DIR] [--json OUT]
+        [--raw-dir DIR] [--json OUT] [--lock FILE]
 
 ``--suite`` is a runtime-tools checkout (github opencontainers/runtime-tools, commit 260e151) with the
 programs built (``make runtimetest validation-executables`` with Debian's Go 1.19, vendored deps);
@@ -61,12 +61,21 @@ def parse(tap: str) -> dict[str, Counts]:
     return results
 
 
-def run_suite(suite: Path, tap: str, runtime: str, programs: list[str], timeout: int) -> str:
-    """The raw TAP of the suite run with ``RUNTIME=runtime``."""
+def run_suite(suite: Path, tap: str, runtime: str, programs: list[str], timeout: int, *, lock: str = "") -> str:
+    """The raw TAP of the suite run with ``RUNTIME=runtime``; with ``lock``, each program runs alone under
+    ``flock LOCK`` (so VM test suites on the same machine take turns with it)."""
     env = {**os.environ, "RUNTIME": runtime}
-    proc = subprocess.run([tap, "--no-coverage", "-j1", f"--timeout={timeout}", "--reporter=tap", *programs],
-                          cwd=suite, env=env, capture_output=True, text=True, check=False)
-    return proc.stdout + proc.stderr
+    argv = [tap, "--no-coverage", "-j1", f"--timeout={timeout}", "--reporter=tap"]
+    batches = [[program] for program in programs] if lock else [programs]
+    output = []
+    for batch in batches:
+        prefix = ["flock", lock] if lock else []
+        proc = subprocess.run([*prefix, *argv, *batch], cwd=suite, env=env, capture_output=True, text=True,
+                              check=False)
+        output.append(proc.stdout + proc.stderr)
+        if lock:
+            print(f"{runtime}: {batch[0]}: {sum(c.passed for c in parse(output[-1]).values())} ok", flush=True)
+    return "\n".join(output)
 
 
 def main() -> int:
@@ -78,6 +87,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=600, help="seconds per program")
     parser.add_argument("--raw-dir", type=Path, default=Path("/tmp/oci-validation"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--lock", default="", help="flock this file around each program (e.g. /tmp/pykata-vm.lock)")
     args = parser.parse_args()
     programs = sorted(str(p.relative_to(args.suite)) for p in args.suite.glob("validation/*/*.t")
                       if fnmatch.fnmatch(p.parent.name, args.only))
@@ -89,7 +99,7 @@ def main() -> int:
     table: dict[str, dict[str, Counts]] = {}
     for spec in args.runtime or ["runc=runc"]:
         name, _, path = spec.partition("=")
-        raw = run_suite(args.suite, args.tap, path or name, programs, args.timeout)
+        raw = run_suite(args.suite, args.tap, path or name, programs, args.timeout, lock=args.lock)
         (args.raw_dir / f"{name}.tap").write_text(raw)
         table[name] = parse(raw)
     names = list(table)
