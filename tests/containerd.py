@@ -4,6 +4,7 @@ when asked, its CRI plugin with runtime handlers for our shim)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -28,8 +29,9 @@ disabled_plugins = [{disabled}]
   path = "{root}/opt"
 """
 CRI_PLUGIN = 'plugins."io.containerd.grpc.v1.cri"'
-# The CRI plugin without network access or CNI: pods use the host network, the sandbox (pause) image is
-# one imported beforehand, the streaming server takes a free port. Root here lacks CAP_SYS_RESOURCE, so
+# The CRI plugin without network access: the sandbox (pause) image is one imported beforehand, the streaming
+# server takes a free port. CNI (for pods without host networking) finds Debian's plugins and, when the
+# test asks for one, its network's conflist; with none, pods use the host network. Root here lacks CAP_SYS_RESOURCE, so
 # containers' oom_score_adj may not go below containerd's own (restrict_oom_score_adj). Naming any runtime
 # replaces the plugin's table of runtimes: runc (the default handler) is named again.
 CRI_CONFIG = """\
@@ -40,6 +42,7 @@ CRI_CONFIG = """\
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
 [{plugin}.cni]
+  bin_dir = "/usr/lib/cni"
   conf_dir = "{root}/cni/net.d"
 [{plugin}.containerd]
   snapshotter = "overlayfs"
@@ -67,11 +70,32 @@ class CriRuntime:
 
 
 @dataclass(frozen=True)
+class CniNetwork:
+    """A CNI network for the CRI plugin's pods: Debian's ``bridge`` plugin on a bridge of its own (no
+    masquerading: no iptables) with ``host-local`` addresses of ``subnet`` and a default route, plus
+    ``loopback``. The plugins never delete the bridge: :func:`run_containerd` does, at the end."""
+
+    name: str = "pykata-cri"
+    bridge: str = "pkcri0"
+    subnet: str = "10.88.80.0/24"
+
+    def conflist(self, root: Path) -> str:
+        """The network's .conflist (IPAM leases kept under ``root``)."""
+        bridge = {"type": "bridge", "bridge": self.bridge, "isGateway": True, "ipMasq": False,
+                  "ipam": {"type": "host-local", "subnet": self.subnet, "dataDir": f"{root}/cni/ipam",
+                           "routes": [{"dst": "0.0.0.0/0"}]}}
+        return json.dumps({"cniVersion": "1.0.0", "name": self.name, "plugins": [bridge, {"type": "loopback"}]},
+                          indent=2)
+
+
+@dataclass(frozen=True)
 class CriOptions:
-    """Enable the CRI plugin with these runtime handlers and this (already imported) pause image."""
+    """Enable the CRI plugin with these runtime handlers and this (already imported) pause image; pods
+    without host networking join ``cni``."""
 
     sandbox_image: str
     runtimes: tuple[CriRuntime, ...] = ()
+    cni: CniNetwork | None = None
 
     def toml(self, root: Path) -> str:
         """The plugin's section of containerd's config.toml (version 2)."""
@@ -117,6 +141,9 @@ def run_containerd(base: Path, *, cri: CriOptions | None = None, path: str | Non
     disabled = "" if cri else '"io.containerd.grpc.v1.cri"'
     config = CONFIG.format(root=base, disabled=disabled) + (cri.toml(base) if cri else "")
     (base / "config.toml").write_text(config)
+    if cri is not None and cri.cni is not None:
+        (base / "cni" / "net.d").mkdir(parents=True)
+        (base / "cni" / "net.d" / f"10-{cri.cni.name}.conflist").write_text(cri.cni.conflist(base))
     log = base / "containerd.log"
     env = {**os.environ, "PATH": path or os.environ["PATH"]}
     with log.open("wb") as out:
@@ -134,3 +161,5 @@ def run_containerd(base: Path, *, cri: CriOptions | None = None, path: str | Non
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        if cri is not None and cri.cni is not None:
+            subprocess.run(["ip", "link", "del", cri.cni.bridge], check=False, capture_output=True)

@@ -3,6 +3,7 @@ driven through our small CRI client as the kubelet (or crictl) would."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import json
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.containerd import CRI_NAMESPACE, CriOptions, CriRuntime, run_containerd
+from tests.containerd import CRI_NAMESPACE, CniNetwork, CriOptions, CriRuntime, run_containerd
 from tests.cri import CriClient, CriError, cri, cri_client
 from tests.images import BUSYBOX_IMAGE, PAUSE_IMAGE, busybox_image, pause_image
 
@@ -65,16 +66,16 @@ def our_processes(name: str) -> list[int]:
     return found
 
 
-@pytest.fixture
-def kata_cri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CriClient]:
-    """containerd with its CRI plugin (handler `kata` = our shim by absolute path, ConfigPath set), the pause
-    and busybox images imported into k8s.io; every pod removed at the end."""
+@contextlib.contextmanager
+def cri_containerd(images: Path, cni: CniNetwork | None = None) -> Iterator[CriClient]:
+    """containerd with its CRI plugin (handler `kata` = our shim by absolute path, ConfigPath set; pods
+    without host networking on ``cni``), the pause and busybox images (built under ``images``) imported
+    into k8s.io; every pod removed at the end."""
     if not SHIM.exists():
         pytest.skip(f"{SHIM} is not installed (pip install -e .)")
-    images = tmp_path_factory.mktemp("cri-images")
     config = images / "configuration.toml"
     config.write_text(f"[hypervisor.qemu]\ndefault_memory = {POD_MEMORY_MIB}\n")
-    options = CriOptions(PAUSE_IMAGE, (CriRuntime(HANDLER, str(SHIM), str(config)),))
+    options = CriOptions(PAUSE_IMAGE, (CriRuntime(HANDLER, str(SHIM), str(config)),), cni)
     with tempfile.TemporaryDirectory(prefix="cri-", dir="/tmp") as base, \
             run_containerd(Path(base), cri=options) as ctd, cri_client(ctd.address) as client:
         try:
@@ -93,6 +94,13 @@ def kata_cri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CriClient]:
             _remove_pods(client)
 
 
+@pytest.fixture
+def kata_cri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CriClient]:
+    """The CRI plugin of :func:`cri_containerd`, without a CNI network."""
+    with cri_containerd(tmp_path_factory.mktemp("cri-images")) as client:
+        yield client
+
+
 def _image_known(client: CriClient, name: str) -> bool:
     return bool(client.image_status(name).image.id)
 
@@ -107,15 +115,15 @@ def _remove_pods(client: CriClient) -> None:
                 print(f"cleanup of pod {pod.id}: {exc}")
 
 
-def pod_config(name: str, logs: Path) -> cri.PodSandboxConfig:
-    """A pod on the host network (no CNI: that is issue #8), as the kubelet would describe it."""
-    host_network = cri.NamespaceOption(network=cri.NODE)
+def pod_config(name: str, logs: Path, *, host_network: bool = True) -> cri.PodSandboxConfig:
+    """A pod on the host network (no CNI), or on the CRI plugin's CNI network, as the kubelet would describe it."""
+    namespaces = cri.NamespaceOption(network=cri.NODE if host_network else cri.POD)
     return cri.PodSandboxConfig(
         metadata=cri.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default"),
         log_directory=str(logs),
         labels={"app": name},
         linux=cri.LinuxPodSandboxConfig(security_context=cri.LinuxSandboxSecurityContext(
-            namespace_options=host_network)),
+            namespace_options=namespaces)),
     )
 
 

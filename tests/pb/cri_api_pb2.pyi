@@ -480,6 +480,7 @@ class PodSandboxStatus(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     ANNOTATIONS_FIELD_NUMBER: _builtins.int
     RUNTIME_HANDLER_FIELD_NUMBER: _builtins.int
@@ -489,6 +490,8 @@ class PodSandboxStatus(_message.Message):
     runtime_handler: _builtins.str
     @_builtins.property
     def metadata(self) -> Global___PodSandboxMetadata: ...
+    @_builtins.property
+    def network(self) -> Global___PodSandboxNetworkStatus: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -500,17 +503,60 @@ class PodSandboxStatus(_message.Message):
         metadata: Global___PodSandboxMetadata | None = ...,
         state: Global___PodSandboxState.ValueType = ...,
         created_at: _builtins.int = ...,
+        network: Global___PodSandboxNetworkStatus | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         annotations: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         runtime_handler: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "network", b"network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "created_at", b"created_at", "id", b"id", "labels", b"labels", "metadata", b"metadata", "runtime_handler", b"runtime_handler", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "created_at", b"created_at", "id", b"id", "labels", b"labels", "metadata", b"metadata", "network", b"network", "runtime_handler", b"runtime_handler", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PodSandboxStatus: _TypeAlias = PodSandboxStatus  # noqa: Y015
+
+@_typing.final
+class PodSandboxNetworkStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IP_FIELD_NUMBER: _builtins.int
+    ADDITIONAL_IPS_FIELD_NUMBER: _builtins.int
+    ip: _builtins.str
+    @_builtins.property
+    def additional_ips(self) -> _containers.RepeatedCompositeFieldContainer[Global___PodIP]: ...
+    def __init__(
+        self,
+        *,
+        ip: _builtins.str = ...,
+        additional_ips: _abc.Iterable[Global___PodIP] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_ips", b"additional_ips", "ip", b"ip"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PodSandboxNetworkStatus: _TypeAlias = PodSandboxNetworkStatus  # noqa: Y015
+
+@_typing.final
+class PodIP(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IP_FIELD_NUMBER: _builtins.int
+    ip: _builtins.str
+    def __init__(
+        self,
+        *,
+        ip: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ip", b"ip"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PodIP: _TypeAlias = PodIP  # noqa: Y015
 
 @_typing.final
 class PodSandboxStatusResponse(_message.Message):

@@ -5,29 +5,42 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from http import HTTPStatus
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from kata.errors import KataError
+from kata.agent.types import Interface, IPAddress, Route
+from kata.cli.main import main as cli_main
+from kata.errors import KataError, NetworkError, StateError
 from kata.protocols.pb import shim_task_pb2
 from kata.shim.backend import SandboxHandle
 from kata.shim.monitor import (
+    MAX_BODY,
+    MONITOR_SOCKET,
     HttpError,
     MonitorServer,
+    Request,
     Response,
     SandboxCollector,
     ShimMonitor,
     agent_metrics_text,
+    content_length,
     encode_response,
+    error_status,
     metrics_text,
+    network_routes,
     parse_request,
 )
+from kata.shim.monitor_client import MonitorAnswer, call
+from kata.shim.network_api import interface_json, route_json
+from kata.ttrpc.status import NotFoundError, UnimplementedError
 from tests.unit.test_shim_service import Harness
 
 DEAD_PID = 2**22 + 1  # above pid_max's maximum: never a live process
@@ -133,14 +146,14 @@ def test_server_answers_get_404_405_and_500(tmp_path: Path) -> None:
     socket_path = str(tmp_path / "shim-monitor.sock")
     Path(socket_path).write_text("stale")
 
-    async def agent_url() -> Response:
+    async def agent_url(request: Request) -> Response:
         return Response(b"vsock://3:1024")
 
-    async def broken() -> Response:
+    async def broken(request: Request) -> Response:
         raise KataError("the agent went away")
 
     async def scenario() -> None:
-        server = MonitorServer({"/agent-url": agent_url, "/broken": broken})
+        server = MonitorServer({"/agent-url": {"GET": agent_url}, "/broken": {"GET": broken}})
         await server.start(socket_path)  # replaces the stale file
         try:
             status, headers, body = await asyncio.to_thread(request, socket_path, "GET", "/agent-url")
@@ -235,3 +248,221 @@ def test_service_tells_watchers_when_the_sandbox_comes_and_goes(tmp_path: Path) 
         await monitor.close()
 
     run(scenario)
+
+
+# --- network and iptables endpoints (kata-runtime's network verbs) --------------------
+
+
+class FakeNetwork:
+    """A sandbox's network as the endpoints see it: eth0 from the start, links of the namespace to hotplug."""
+
+    def __init__(self) -> None:
+        self.interfaces = [Interface("eth0", "0a:58:0a:58:50:02", 1500, (IPAddress("10.88.80.2", 24),))]
+        self.links = {"eth1": Interface("eth1", "0a:58:0a:58:51:02", 1400, (IPAddress("10.88.81.2", 24),
+                                                                              IPAddress("fd00::2", 64)))}
+        self.rules = b""
+        self.state_error = False
+
+    async def add_interface(self, name: str) -> Interface:
+        if self.state_error:
+            raise StateError("only the process that started the VM can hotplug devices", state="running")
+        if name not in self.links:
+            raise NetworkError(f"no veth, macvlan or ipvlan link {name!r} in the namespace")
+        interface = replace(self.links.pop(name), device_path="net1")
+        self.interfaces.append(interface)
+        return interface
+
+    async def remove_interface(self, name: str) -> None:
+        if not any(i.name == name for i in self.interfaces[1:]):
+            raise NetworkError(f"{name} is not an interface of the sandbox")
+        self.interfaces = [i for i in self.interfaces if i.name != name]
+
+    async def list_interfaces(self) -> tuple[Interface, ...]:
+        return (Interface("lo", "", 65536, (IPAddress("127.0.0.1", 8),), raw_flags=0x49), *self.interfaces)
+
+    async def list_routes(self) -> tuple[Route, ...]:
+        return (Route(gateway="10.88.80.1", device="eth0"), Route(dest="10.88.80.0/24", device="eth0", scope=253,
+                                                                 source="10.88.80.2"),
+                Route(dest="fd00::/64", device="eth1", family=6))
+
+    async def get_iptables(self, *, ipv6: bool) -> bytes:
+        if not ipv6:
+            raise UnimplementedError("GetIPTables: the guest image carries no iptables")
+        return self.rules
+
+    async def set_iptables(self, data: bytes, *, ipv6: bool) -> None:
+        if not ipv6:
+            raise UnimplementedError("SetIPTables: the guest image carries no iptables")
+        self.rules = data
+
+
+def test_interface_and_route_json_use_the_agents_field_names_and_omit_empty_ones() -> None:
+    interface = Interface("eth1", "0a:58:0a:58:51:02", 1400, (IPAddress("10.88.81.2", 24), IPAddress("fd00::2")),
+                          device_path="net1", link_type="veth", raw_flags=0x1003)
+    assert interface_json(interface) == {
+        "device": "eth1", "name": "eth1", "mtu": 1400, "hwAddr": "0a:58:0a:58:51:02", "devicePath": "net1",
+        "type": "veth", "raw_flags": 0x1003,
+        "IPAddresses": [{"address": "10.88.81.2", "mask": "24"}, {"family": 1, "address": "fd00::2"}]}
+    assert route_json(Route(gateway="10.88.80.1", device="eth0")) == {"gateway": "10.88.80.1", "device": "eth0"}
+    assert route_json(Route(dest="fd00::/64", device="eth1", source="fd00::2", scope=253, family=6, flags=4,
+                            mtu=1400)) == {"dest": "fd00::/64", "device": "eth1", "source": "fd00::2", "scope": 253,
+                                           "family": 1, "flags": 4, "mtu": 1400}
+
+
+@pytest.mark.parametrize(("head", "length"), [
+    (b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n", 0),
+    (b"PUT /x HTTP/1.1\r\ncontent-length:  12 \r\n\r\n", 12),
+])
+def test_content_length_of_a_request(head: bytes, length: int) -> None:
+    assert content_length(head) == length
+
+
+@pytest.mark.parametrize(("head", "status"), [
+    (b"PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", HTTPStatus.LENGTH_REQUIRED),
+    (b"PUT /x HTTP/1.1\r\nContent-Length: -3\r\n\r\n", HTTPStatus.BAD_REQUEST),
+    (b"PUT /x HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
+])
+def test_content_length_refuses_what_the_server_cannot_read(head: bytes, status: HTTPStatus) -> None:
+    with pytest.raises(HttpError) as caught:
+        content_length(head)
+    assert caught.value.status is status
+
+
+def test_error_status_tells_state_network_and_unimplemented_apart() -> None:
+    assert error_status(StateError("paused", state="paused")) is HTTPStatus.CONFLICT
+    assert error_status(NetworkError("no such link")) is HTTPStatus.BAD_REQUEST
+    assert error_status(UnimplementedError("GetIPTables")) is HTTPStatus.NOT_IMPLEMENTED
+    assert error_status(NotFoundError("gone")) is HTTPStatus.INTERNAL_SERVER_ERROR
+    assert error_status(KataError("other")) is HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+class NetworkServer:
+    """The network routes over a FakeNetwork on a real socket; ``call`` is the blocking client's."""
+
+    def __init__(self, tmp_path: Path, network: FakeNetwork) -> None:
+        self.path = str(tmp_path / MONITOR_SOCKET)
+        self.server = MonitorServer(network_routes(network))
+
+    def call(self, method: str, target: str, body: bytes = b"") -> MonitorAnswer:
+        return call(self.path, method, target, body, timeout=5)
+
+    async def ask(self, method: str, target: str, body: bytes = b"") -> MonitorAnswer:
+        return await asyncio.to_thread(self.call, method, target, body)
+
+
+def test_network_endpoints_list_hotplug_and_unplug(tmp_path: Path) -> None:
+    network = FakeNetwork()
+    served = NetworkServer(tmp_path, network)
+
+    async def scenario() -> None:
+        await served.server.start(served.path)
+        try:
+            answer = await served.ask("GET", "/network/interfaces")
+            assert answer.status == 200 and answer.body.endswith(b"\n") and b"\n" not in answer.body[:-1]
+            assert json.loads(answer.body) == [
+                {"device": "lo", "name": "lo", "IPAddresses": [{"address": "127.0.0.1", "mask": "8"}],
+                 "mtu": 65536, "raw_flags": 0x49},
+                {"device": "eth0", "name": "eth0", "IPAddresses": [{"address": "10.88.80.2", "mask": "24"}],
+                 "mtu": 1500, "hwAddr": "0a:58:0a:58:50:02"}]
+            routes = json.loads((await served.ask("GET", "/network/routes")).body)
+            assert routes[0] == {"gateway": "10.88.80.1", "device": "eth0"} and routes[2]["family"] == 1
+            added = await served.ask("PUT", "/network/interfaces/eth1")
+            assert added.status == 200
+            assert json.loads(added.body)["devicePath"] == "net1"
+            assert json.loads(added.body)["IPAddresses"][1] == {"family": 1, "address": "fd00::2", "mask": "64"}
+            names = [i["name"] for i in json.loads((await served.ask("GET", "/network/interfaces")).body)]
+            assert names == ["lo", "eth0", "eth1"]
+            again = await served.ask("PUT", "/network/interfaces/eth1")
+            assert (again.status, again.text) == (400, "no veth, macvlan or ipvlan link 'eth1' in the namespace")
+            removed = await served.ask("DELETE", "/network/interfaces/eth1")
+            assert (removed.status, removed.body) == (204, b"")
+            assert (await served.ask("DELETE", "/network/interfaces/eth0")).status == 400
+            network.state_error = True
+            refused = await served.ask("PUT", "/network/interfaces/eth9")
+            assert refused.status == 409 and "only the process that started the VM" in refused.text
+            not_allowed = await served.ask("POST", "/network/interfaces")
+            assert (not_allowed.status, not_allowed.ok) == (405, False)
+            assert (await served.ask("GET", "/network/interfaces/")).status == 404
+            assert (await served.ask("GET", "/network/interfaces/eth0")).status == 405
+        finally:
+            await served.server.close()
+
+    run(scenario)
+
+
+def test_iptables_endpoints_pass_bodies_and_answer_501_when_the_guest_has_none(tmp_path: Path) -> None:
+    network = FakeNetwork()
+    served = NetworkServer(tmp_path, network)
+    rules = b"*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n" * 100
+
+    async def scenario() -> None:
+        await served.server.start(served.path)
+        try:
+            unimplemented = await served.ask("GET", "/iptables")
+            assert (unimplemented.status, unimplemented.text) == (
+                501, "UNIMPLEMENTED: GetIPTables: the guest image carries no iptables")
+            assert (await served.ask("PUT", "/iptables", rules)).status == 501
+            assert (await served.ask("PUT", "/ip6tables", rules)).status == 200
+            assert network.rules == rules
+            assert (await served.ask("GET", "/ip6tables")).body == rules
+            too_big = await served.ask("PUT", "/ip6tables", b"x" * (MAX_BODY + 1))
+            assert too_big.status == 413 and network.rules == rules
+        finally:
+            await served.server.close()
+
+    run(scenario)
+
+
+def test_cli_network_verbs_over_the_shim_monitor_socket(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    network = FakeNetwork()
+    sandbox = tmp_path / "sb1"
+    sandbox.mkdir()
+    (sandbox / "state.json").write_text("{}")
+    server = MonitorServer(network_routes(network))
+    rules = tmp_path / "rules"
+    rules.write_text("*filter\nCOMMIT\n")
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        """Exit code, stdout and the CLI's own stderr lines (the server's log lines are left out)."""
+        code = cli_main(["--root", str(tmp_path), *args])
+        out, err = capfd.readouterr()
+        return code, out, "".join(line for line in err.splitlines(keepends=True) if not line.startswith("time="))
+
+    async def scenario() -> None:
+        await server.start(str(sandbox / MONITOR_SOCKET))
+        try:
+            code, out, _ = await asyncio.to_thread(cli, "list-ifaces", "sb1")
+            assert code == 0 and [i["name"] for i in json.loads(out)] == ["lo", "eth0"]
+            code, out, _ = await asyncio.to_thread(cli, "add-iface", "sb1", "eth1")
+            assert code == 0 and json.loads(out)["name"] == "eth1"
+            code, out, _ = await asyncio.to_thread(cli, "list-routes", "sb1")
+            assert code == 0 and json.loads(out)[0]["gateway"] == "10.88.80.1"
+            assert await asyncio.to_thread(cli, "del-iface", "sb1", "eth1") == (0, "", "")
+            code, _, err = await asyncio.to_thread(cli, "del-iface", "sb1", "eth1")
+            assert (code, err) == (1, "kata-runtime: error: del-iface sb1: eth1 is not an interface of the sandbox\n")
+            code, out, err = await asyncio.to_thread(cli, "iptables", "get", "--sandbox-id", "sb1")
+            assert (code, out) == (1, "") and err == (
+                "kata-runtime: error: iptables get sb1: not supported: the guest has no iptables "
+                "(UNIMPLEMENTED: GetIPTables: the guest image carries no iptables)\n")
+            assert (await asyncio.to_thread(cli, "iptables", "set", "--sandbox-id", "sb1", "--v6", str(rules)))[0] == 0
+            assert await asyncio.to_thread(cli, "iptables", "get", "--sandbox-id", "sb1", "--v6") == (
+                0, "*filter\nCOMMIT\n", "")
+        finally:
+            await server.close()
+
+    run(scenario)
+
+
+def test_cli_network_verbs_without_a_shim(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "lonely").mkdir()
+    (tmp_path / "lonely" / "state.json").write_text("{}")
+    root = ["--root", str(tmp_path)]
+    assert cli_main([*root, "add-iface", "lonely", "eth1"]) == 1
+    assert capfd.readouterr().err == ("kata-runtime: error: add-iface lonely: no shim serves this sandbox: only the "
+                                      "process that started its VM can hotplug interfaces\n")
+    assert cli_main([*root, "iptables", "get", "--sandbox-id", "lonely"]) == 1
+    assert "no shim serves this sandbox" in capfd.readouterr().err
+    assert cli_main([*root, "list-ifaces", "gone"]) == 1
+    assert capfd.readouterr().err == f"kata-runtime: error: list-ifaces gone: sandbox does not exist under {tmp_path}\n"
+    assert cli_main([*root, "list-routes", "../etc"]) == 2
+    assert cli_main([*root, "iptables", "set", "--sandbox-id", "lonely"]) == 2  # FILE is required

@@ -227,6 +227,27 @@ class AgentClient:
         await self._empty("AddARPNeighbors", agent_pb2.AddARPNeighborsRequest(
             neighbors=agent_pb2.ARPNeighbors(ARPNeighbors=[trans.neighbor_to_pb(n) for n in neighbors])))
 
+    async def get_ip_tables(self, *, ipv6: bool = False) -> bytes:
+        """The guest's iptables (``ipv6``: ip6tables) rules, as iptables-save prints them.
+
+        Raises:
+            UnimplementedError: the guest has no iptables (pykata's guest image carries none).
+        """
+        answer = await self._call("GetIPTables", agent_pb2.GetIPTablesRequest(is_ipv6=ipv6),
+                                  agent_pb2.GetIPTablesResponse)
+        return answer.data
+
+    async def set_ip_tables(self, data: bytes, *, ipv6: bool = False) -> bytes:
+        """Replace the guest's iptables (``ipv6``: ip6tables) rules by ``data`` (iptables-restore input);
+        what the guest's iptables-restore printed.
+
+        Raises:
+            UnimplementedError: the guest has no iptables (pykata's guest image carries none).
+        """
+        answer = await self._call("SetIPTables", agent_pb2.SetIPTablesRequest(is_ipv6=ipv6, data=data),
+                                  agent_pb2.SetIPTablesResponse)
+        return answer.data
+
 
 def _check_timeout(url: str, timeout: float) -> None:
     # The ttRPC client rejects a deadline that has already passed with ValueError; callers of the

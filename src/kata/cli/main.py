@@ -37,6 +37,11 @@ VERBS = {
     "env": ("env", "show the effective configuration, paths, versions and host facts"),
     "image": ("image", "build the guest kernel and image"),
     "timeline": ("timeline", "show a sandbox's startup timeline"),
+    "add-iface": ("network", "hotplug a link of a sandbox's network namespace into its VM"),
+    "del-iface": ("network", "unplug an interface add-iface added"),
+    "list-ifaces": ("network", "print a sandbox's guest interfaces (JSON)"),
+    "list-routes": ("network", "print a sandbox's guest routes (JSON)"),
+    "iptables": ("iptables", "get or set the iptables rules of a sandbox's guest"),
     "version": ("version", "show version information"),
 }
 

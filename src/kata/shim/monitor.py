@@ -1,10 +1,12 @@
 """The shim management socket (Kata's shim-monitor): ``<state root>/<sandbox id>/shim-monitor.sock``,
-HTTP/1.1 with ``GET /agent-url`` and ``GET /metrics`` (Prometheus text format)."""
+HTTP/1.1 with ``GET /agent-url``, ``GET /metrics`` (Prometheus text format), the network verbs
+(``/network/interfaces[/<name>]``, ``/network/routes``) and ``/iptables``, ``/ip6tables``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -12,28 +14,36 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import unquote
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
-from kata.errors import KataError
+from kata.agent.types import Interface, Route
+from kata.errors import KataError, NetworkError, RpcError, StateError
 from kata.log import fields
 from kata.sandbox import AsyncSandbox
 from kata.shim.backend import SandboxHandle
+from kata.shim.network_api import NetworkTarget, interface_json, interfaces_body, routes_body
+from kata.ttrpc.status import Code
 
 __all__ = [
     "MONITOR_SOCKET",
     "HttpError",
     "MonitorServer",
     "MonitorSource",
+    "Request",
     "Response",
     "SandboxCollector",
     "ShimMonitor",
     "agent_metrics_text",
+    "content_length",
     "encode_response",
+    "error_status",
     "metrics_text",
+    "network_routes",
     "parse_request",
 ]
 
@@ -41,10 +51,16 @@ _log = logging.getLogger("kata.shim")
 MONITOR_SOCKET = "shim-monitor.sock"  # in the sandbox's state dir, as Kata's runtime-rs (/run/kata/<id>/)
 AGENT_URL_PATH = "/agent-url"
 METRICS_PATH = "/metrics"
-MAX_HEAD = 8192  # request line and headers; a GET has no body worth reading
+INTERFACES_PATH = "/network/interfaces"
+ROUTES_PATH = "/network/routes"
+IPTABLES_PATH = "/iptables"  # Kata 2's shim-monitor paths
+IP6TABLES_PATH = "/ip6tables"
+MAX_HEAD = 8192  # request line and headers
+MAX_BODY = 1 << 20  # a PUT's body: an iptables-restore file
 READ_TIMEOUT = 5.0
 AGENT_METRICS_TIMEOUT = 5.0
 TEXT = "text/plain; charset=utf-8"
+JSON = "application/json"
 # /proc/<pid>/status lines reported as kata_*_proc_status{item=...}, as Kata's SetGaugeVecProcStatus
 # (sizes in bytes, as Go's procfs gives them).
 STATUS_ITEMS = {"VmPeak": "vmpeak", "VmSize": "vmsize", "VmLck": "vmlck", "VmPin": "vmpin", "VmHWM": "vmhwm",
@@ -67,6 +83,17 @@ class HttpError(Exception):
 
 
 @dataclass(frozen=True)
+class Request:
+    """One request as a handler gets it: ``name`` is the path's last segment (URL-decoded) when a prefix
+    route (a path ending in ``/``) matched."""
+
+    method: str
+    path: str
+    body: bytes = b""
+    name: str = ""
+
+
+@dataclass(frozen=True)
 class Response:
     """What a handler answers."""
 
@@ -75,7 +102,9 @@ class Response:
     status: HTTPStatus = HTTPStatus.OK
 
 
-Handler = Callable[[], Awaitable[Response]]
+Handler = Callable[[Request], Awaitable[Response]]
+Routes = Mapping[str, Mapping[str, Handler]]
+"""path -> method -> handler; a path ending in ``/`` takes one more segment (Request.name)."""
 
 
 def parse_request(head: bytes) -> tuple[str, str]:
@@ -94,6 +123,41 @@ def parse_request(head: bytes) -> tuple[str, str]:
     return method, target.split("?", 1)[0]
 
 
+def content_length(head: bytes) -> int:
+    """The length of the body that follows the request ``head`` (0 without a Content-Length).
+
+    Raises:
+        HttpError: 411 for a chunked body, 400 for a malformed length, 413 for one over MAX_BODY.
+    """
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        header = name.strip().lower()
+        if not colon or header not in (b"content-length", b"transfer-encoding"):
+            continue
+        if header == b"transfer-encoding":
+            raise HttpError(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length (no chunked encoding)")
+        if not value.strip().isdigit():
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"malformed Content-Length {value.strip()[:20]!r}")
+        length = int(value)
+    if length > MAX_BODY:
+        raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes: at most {MAX_BODY}")
+    return length
+
+
+def error_status(exc: BaseException) -> HTTPStatus:
+    """The status an error of a handler is answered with (its text is the body): 409 for a sandbox in the
+    wrong state, 400 for a network request that cannot be done, 501 for what the guest does not
+    implement, 500 otherwise (Kata answers 500 for all)."""
+    if isinstance(exc, StateError):
+        return HTTPStatus.CONFLICT
+    if isinstance(exc, NetworkError):
+        return HTTPStatus.BAD_REQUEST
+    if isinstance(exc, RpcError) and exc.code == Code.UNIMPLEMENTED:
+        return HTTPStatus.NOT_IMPLEMENTED
+    return HTTPStatus.INTERNAL_SERVER_ERROR
+
+
 def encode_response(status: HTTPStatus, body: bytes, content_type: str = TEXT,
                     headers: Mapping[str, str] | None = None) -> bytes:
     """A complete HTTP/1.1 response; the connection closes after it."""
@@ -103,11 +167,11 @@ def encode_response(status: HTTPStatus, body: bytes, content_type: str = TEXT,
 
 
 class MonitorServer:
-    """A small HTTP/1.1 server on a unix socket: GET on the paths of ``routes``, 404 for other paths, 405
-    for other methods, one request per connection."""
+    """A small HTTP/1.1 server on a unix socket: the methods and paths of ``routes``, 404 for other paths,
+    405 for other methods, one request per connection (a body only with a Content-Length)."""
 
-    def __init__(self, routes: Mapping[str, Handler]) -> None:
-        self.routes = dict(routes)
+    def __init__(self, routes: Routes) -> None:
+        self.routes = {path: dict(methods) for path, methods in routes.items()}
         self._server: asyncio.AbstractServer | None = None
         self.path = ""
 
@@ -144,23 +208,45 @@ class MonitorServer:
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             writer.close()
             return
-        await self._answer(writer, await self.respond(head))
+        try:
+            length = content_length(head)
+        except HttpError as exc:
+            await self._answer(writer, encode_response(exc.status, f"{exc}\n".encode()))
+            return
+        try:
+            body = await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT) if length else b""
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        await self._answer(writer, await self.respond(head, body))
 
-    async def respond(self, head: bytes) -> bytes:
-        """The encoded response to one request ``head``."""
+    def _route(self, path: str) -> tuple[dict[str, Handler], str]:
+        methods = self.routes.get(path) if not path.endswith("/") else None
+        if methods is not None:
+            return methods, ""
+        prefix, _, name = path.rpartition("/")
+        methods = self.routes.get(f"{prefix}/")
+        if methods is None or not name:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"{path[:200]} not found")
+        return methods, unquote(name)
+
+    async def respond(self, head: bytes, body: bytes = b"") -> bytes:
+        """The encoded response to one request (``head`` and its ``body``)."""
         try:
             method, path = parse_request(head)
-            handler = self.routes.get(path)
+            methods, name = self._route(path)
+            handler = methods.get(method)
             if handler is None:
-                raise HttpError(HTTPStatus.NOT_FOUND, f"{path[:200]} not found")
-            if method != "GET":
-                raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method[:16]} not allowed", {"Allow": "GET"})
-            answer = await handler()
+                raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method[:16]} not allowed",
+                                {"Allow": ", ".join(sorted(methods))})
+            answer = await handler(Request(method, path, body, name))
         except HttpError as exc:
             return encode_response(exc.status, f"{exc}\n".encode(), headers=exc.headers)
-        except (KataError, OSError) as exc:  # Kata answers 500 with the error text too
-            _log.warning("monitor request failed: %s", exc)
-            return encode_response(HTTPStatus.INTERNAL_SERVER_ERROR, f"{exc}\n".encode())
+        except (KataError, OSError) as exc:  # the error text is the body, as Kata's
+            status = error_status(exc)
+            level = logging.WARNING if status is HTTPStatus.INTERNAL_SERVER_ERROR else logging.INFO
+            _log.log(level, "monitor request failed: %s", exc)
+            return encode_response(status, f"{exc}\n".encode())
         return encode_response(answer.status, answer.body, answer.content_type)
 
     @staticmethod
@@ -280,6 +366,52 @@ async def metrics_text(source: MonitorSource, registry: CollectorRegistry) -> by
     return text + agent_metrics_text(agent).encode()
 
 
+def _json(data: bytes, status: HTTPStatus = HTTPStatus.OK) -> Response:
+    return Response(data, JSON, status)
+
+
+def network_routes(target: NetworkTarget) -> dict[str, dict[str, Handler]]:
+    """The network endpoints over ``target`` (docs/network.md, "kata-runtime network verbs"):
+
+    - ``GET /network/interfaces``, ``GET /network/routes``: the guest's, as JSON lists;
+    - ``PUT /network/interfaces/<name>``: hotplug the link ``name`` of the sandbox's network namespace;
+      the guest's interface as a JSON object;
+    - ``DELETE /network/interfaces/<name>``: unplug it (204);
+    - ``GET /iptables``, ``GET /ip6tables``: the guest's rules (iptables-save text); ``PUT`` with a body
+      (iptables-restore input) replaces them (Kata 2's paths and semantics).
+    """
+    async def list_interfaces(request: Request) -> Response:
+        del request
+        return _json(interfaces_body(await target.list_interfaces()))
+
+    async def list_routes(request: Request) -> Response:
+        del request
+        return _json(routes_body(await target.list_routes()))
+
+    async def add_interface(request: Request) -> Response:
+        interface: Interface = await target.add_interface(request.name)
+        return _json((json.dumps(interface_json(interface), separators=(",", ":")) + "\n").encode())
+
+    async def remove_interface(request: Request) -> Response:
+        await target.remove_interface(request.name)
+        return Response(b"", status=HTTPStatus.NO_CONTENT)
+
+    def iptables(ipv6: bool) -> dict[str, Handler]:
+        async def get(request: Request) -> Response:
+            del request
+            return Response(await target.get_iptables(ipv6=ipv6))
+
+        async def put(request: Request) -> Response:
+            await target.set_iptables(request.body, ipv6=ipv6)
+            return Response(b"")
+
+        return {"GET": get, "PUT": put}
+
+    return {INTERFACES_PATH: {"GET": list_interfaces}, f"{INTERFACES_PATH}/": {"PUT": add_interface,
+                                                                             "DELETE": remove_interface},
+            ROUTES_PATH: {"GET": list_routes}, IPTABLES_PATH: iptables(False), IP6TABLES_PATH: iptables(True)}
+
+
 class ShimMonitor:
     """The shim-monitor socket of the Task service's sandbox (a SandboxWatcher of the service): served
     once the sandbox is made, closed (socket unlinked) before the sandbox is deleted. ``task_count``
@@ -311,16 +443,50 @@ class ShimMonitor:
         agent = sandbox.agent_for("call the agent")
         return await sandbox.call(agent.get_metrics())
 
+    # NetworkTarget over the sandbox
+
+    def _served(self) -> AsyncSandbox:
+        if self._sandbox is None:
+            raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "the sandbox is going away")
+        return self._sandbox
+
+    async def add_interface(self, name: str) -> Interface:
+        return await self._served().add_interface(name)
+
+    async def remove_interface(self, name: str) -> None:
+        await self._served().remove_interface(name)
+
+    async def list_interfaces(self) -> tuple[Interface, ...]:
+        return await self._served().list_interfaces()
+
+    async def list_routes(self) -> tuple[Route, ...]:
+        return await self._served().list_routes()
+
+    async def get_iptables(self, *, ipv6: bool) -> bytes:
+        sandbox = self._served()
+        return await sandbox.call(sandbox.agent_for("call the agent").get_ip_tables(ipv6=ipv6))
+
+    async def set_iptables(self, data: bytes, *, ipv6: bool) -> None:
+        sandbox = self._served()
+        await sandbox.call(sandbox.agent_for("call the agent").set_ip_tables(data, ipv6=ipv6))
+
     # the server
 
-    async def _agent_url(self) -> Response:
+    async def _agent_url(self, request: Request) -> Response:
+        del request
         url = self.agent_url()
         if not url:
             raise HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "the sandbox has no agent URL")
         return Response(url.encode())  # no newline, as Kata's fmt.Fprint
 
-    async def _metrics(self) -> Response:
+    async def _metrics(self, request: Request) -> Response:
+        del request
         return Response(await metrics_text(self, self._registry), CONTENT_TYPE_PLAIN_0_0_4)
+
+    def routes(self) -> dict[str, dict[str, Handler]]:
+        """Every endpoint of the socket."""
+        return {AGENT_URL_PATH: {"GET": self._agent_url}, METRICS_PATH: {"GET": self._metrics},
+                **network_routes(self)}
 
     async def sandbox_started(self, sandbox: SandboxHandle) -> None:
         """Serve the sandbox's socket (a failure is logged: the shim works without it)."""
@@ -328,7 +494,7 @@ class ShimMonitor:
         if not isinstance(sandbox, AsyncSandbox):
             return  # a test's fake: no state dir to serve in
         self._sandbox = sandbox
-        server = MonitorServer({AGENT_URL_PATH: self._agent_url, METRICS_PATH: self._metrics})
+        server = MonitorServer(self.routes())
         try:
             await server.start(str(sandbox.paths.directory / MONITOR_SOCKET))
         except OSError as exc:
