@@ -100,12 +100,13 @@ def test_container_gets_the_cni_address_talks_tcp_and_hotplugs(tmp_path: Path, m
             (etc / "hosts").write_text("127.0.0.1 localhost\n10.88.77.9 db.pykata.test\n")
             files = [Mount(destination=f"/etc/{name}", type="bind", source=str(etc / name), options=("rbind", "ro"))
                      for name in ("resolv.conf", "hosts")]
-            bundle = make_bundle(tmp_path / "b", "sh", "-c", "ip -o -4 addr show eth0; ip route; hostname; "
-                                 "cat /etc/resolv.conf /etc/hosts", mounts=files)
+            bundle = make_bundle(tmp_path / "b", "sh", "-c", "ip -o -4 addr show eth0; ip -o -4 addr show lo; "
+                                 "ip route; hostname; cat /etc/resolv.conf /etc/hosts", mounts=files)
             spec = json.loads((bundle / "config.json").read_text())
             (bundle / "config.json").write_text(json.dumps({**spec, "hostname": "web-1"}))
             text = _run(sb, bundle, "show")
             assert f"inet {ns.address}/{ns.prefix}" in text and f"default via {ns.gateway}" in text, text
+            assert "inet 127.0.0.1/8" in text, text  # the guest's loopback is up: the containers' localhost
             assert "\nweb-1\n" in text and "search pykata.test" in text and "db.pykata.test" in text, text
             _host_to_container(sb, ns, tmp_path)
             _container_to_host(sb, ns, tmp_path)

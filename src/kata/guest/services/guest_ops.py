@@ -11,6 +11,7 @@ from kata.ttrpc.status import InvalidArgumentError
 
 __all__ = [
     "ALLOWED_COPY_ROOT",
+    "bring_up_loopback",
     "copy_file_chunk",
     "memory_block_size",
     "online_cpus_and_memory",
@@ -25,6 +26,23 @@ RNDADDENTROPY = 0x40085203
 RNDRESEEDCRNG = 0x5207
 SYS_CPU = "/sys/devices/system/cpu"
 SYS_MEMORY = "/sys/devices/system/memory"
+
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+
+def bring_up_loopback(name: str = "lo") -> None:
+    """Set ``lo`` up (the kernel then gives it 127.0.0.1/8 and ::1): containers share the VM's network
+    namespace, so this is their localhost."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH", name.encode(), 0)
+        flags = struct.unpack_from("16sH", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        if not flags & IFF_UP:
+            fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH", name.encode(), flags | IFF_UP))
 
 
 def set_clock(seconds: int, microseconds: int) -> None:

@@ -49,6 +49,7 @@ class GuestSandbox:
         with self.lock:
             if self.sandbox_id:
                 raise AlreadyExistsError(f"CreateSandbox: sandbox {self.sandbox_id} already exists")
+            guest_ops.bring_up_loopback()  # the containers' localhost (a no-op where it is up already)
             if request.hostname:
                 socket.sethostname(request.hostname)
             if request.dns:
