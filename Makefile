@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static lz4 erofs-utils e2fsprogs cpio kmod \
 	python3.11 containerd runc containernetworking-plugins podman iproute2 tmux docker.io
 
-.PHONY: setup apt venv image test lint demo protos clean
+.PHONY: setup apt venv image test lint demo protos clean bench
 
 setup: apt venv image
 
@@ -49,6 +49,18 @@ test: setup lint
 demo: setup
 	kata-runtime check
 	$(PY) tools/demo.py
+
+# Benchmarks (issue #9): each prints its tables and writes docs/bench/NAME.json + NAME.png. They boot VMs,
+# so each runs under the VM lock the VM tests take; run on a quiet machine (2 cores, TCG). BENCH_ARGS is
+# passed to every bench, e.g. BENCH_ARGS=--no-write for a look without touching docs/bench.
+VM_LOCK := flock /tmp/pykata-vm.lock
+bench: setup
+	$(VM_LOCK) $(PY) bench/start_latency.py --runs 10 $(BENCH_ARGS)
+	$(VM_LOCK) $(PY) bench/footprint.py --counts 1,5,10 $(BENCH_ARGS)
+	$(VM_LOCK) $(PY) bench/footprint.py --counts 10 --memory 0 --name footprint-default $(BENCH_ARGS)
+	$(VM_LOCK) $(PY) bench/concurrency.py --count 10 --runs 3 $(BENCH_ARGS)
+	$(VM_LOCK) $(PY) bench/exec_latency.py --runs 20 $(BENCH_ARGS)
+	$(VM_LOCK) $(PY) bench/sharedfs.py --runs 3 $(BENCH_ARGS)
 
 protos: venv
 	$(PY) tools/genprotos.py

@@ -22,15 +22,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import common  # noqa: F401  (puts the repository on sys.path: the bench reuses tests.*)
+from tests.agent.support import make_rootfs  # the bench reuses the tests' busybox rootfs
+
 from kata.agent import AgentClient, ContainerRequest, ExecRequest, SandboxRequest, Storage
 from kata.config.schema import GUEST_DIR, HypervisorConfig
 from kata.hypervisor import accel, shared_fs_for
 from kata.hypervisor.qemu import QemuHypervisor
 from kata.hypervisor.qemu import spec as qemu_spec
 from kata.oci import Process, default_spec
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.agent.support import make_rootfs  # the bench reuses the tests' busybox rootfs
 
 SHARED = "/run/kata-containers/shared/containers"
 ENV = ("PATH=/bin",)

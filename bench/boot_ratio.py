@@ -24,9 +24,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+
+from common import retry
 
 from kata.errors import HypervisorError
 from kata.image.bootcheck import TCG_CPU, BootedVm, boot_and_check, boot_bare, qemu_argv, write_bare_initrd
@@ -51,22 +52,6 @@ import kata.guest.services.storage, kata.guest.services.network, kata.guest.serv
 from kata.guest import linux
 linux.power_off()
 """
-
-
-T = TypeVar("T")
-ATTEMPTS = 3
-
-
-def _retry(boot: Callable[[], T]) -> T:
-    """Run one boot again when it fails: other sessions' test suites SIGKILL QEMUs they did not start."""
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            return boot()
-        except (HypervisorError, OSError) as exc:
-            if attempt == ATTEMPTS:
-                raise
-            print(f"boot failed ({exc}), retrying", file=sys.stderr)
-    raise AssertionError("unreachable")
 
 
 def _median(values: Sequence[float]) -> str:
@@ -114,7 +99,7 @@ def measure_imports(kernel: KernelArtifacts, initrd: Path, work: Path) -> tuple[
             if vm.process is not None and vm.process.returncode == -9:
                 raise HypervisorError("QEMU was killed")
 
-    _retry(boot)
+    retry(boot, what="import-time boot")
     parts: tuple[list[ImportRow], list[ImportRow]] = ([], [])
     rows = parts[0]
     for line in (work / "imports.log").read_text(errors="replace").splitlines():
@@ -163,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         exits: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
         for run in range(args.runs):
             for cpu in cpus:
-                bare_times[cpu].append(_retry(functools.partial(boot_bare, kernel.vmlinux, bare, work, cpu=cpu)))
+                bare_times[cpu].append(retry(functools.partial(boot_bare, kernel.vmlinux, bare, work, cpu=cpu)))
             for compression, cpu in variants:
-                report = _retry(functools.partial(boot_and_check, kernel.vmlinux, builds[compression], work,
+                report = retry(functools.partial(boot_and_check, kernel.vmlinux, builds[compression], work,
                                                   cpu=cpu))
                 ready[compression, cpu].append(report.to_ready)
                 exits[compression, cpu].append(report.to_exit)

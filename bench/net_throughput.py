@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import common  # noqa: F401  (puts the repository on sys.path: the bench reuses tests.*)
 from tests.agent.sandbox_support import make_bundle
 from tests.cni import CniNetns, cni_netns
 

@@ -228,3 +228,19 @@ def test_container_pause_resume_and_stats_with_cgroups(tmp_path: Path, cgroup_ro
             with pytest.raises(RpcError, match=r"cpu\.max"):  # the guest's refusal reaches the caller
                 c.update(limits)
         c.delete(force=True)
+
+
+def test_an_init_that_exits_before_start_returns_leaves_a_stopped_container(setup: HostModeSetup,
+                                                                             tmp_path: Path) -> None:
+    """A waiter (as the shim keeps one from create on) may see `true` exit before StartContainer answers."""
+    async def main() -> None:
+        async with AsyncSandbox.create(setup.config, root=setup.root, guest=setup.layout, sandbox_id="fast") as sb:
+            for n in range(5):
+                c = await sb.create_container(make_bundle(tmp_path / f"t{n}", "true"), container_id=f"t{n}")
+                waiter = asyncio.create_task(c.wait())
+                await c.start()
+                assert await waiter == 0
+                assert c.state is ContainerState.STOPPED
+                await c.delete()
+
+    asyncio.run(main())

@@ -159,7 +159,8 @@ class AsyncContainer:
         self._life.require("start")
         agent = self.sandbox.agent_for("call the agent")
         await self.sandbox.call(agent.start_container(self.id))
-        self._move(_C.RUNNING)
+        if self.state is _C.CREATED:  # else a fast init (`true`) already exited and a waiter moved it to stopped
+            self._move(_C.RUNNING)
         self.sandbox.phase(CONTAINER_STARTED, self.id)
 
     async def wait(self) -> int:
