@@ -22,7 +22,7 @@ from kata.hypervisor.qemu.qdev import keyval
 from kata.hypervisor.qemu.spec import HostResources, _tsc_khz, vm_spec
 
 CMDLINE = ("console=ttyS0 panic=-1 quiet cryptomgr.notests i8042.noaux i8042.nopnp mitigations=off "
-           "no_timer_check audit=0 apparmor=0 random.trust_cpu=on 8250.nr_uarts=1")
+           "no_timer_check audit=0 apparmor=0 random.trust_cpu=on 8250.nr_uarts=1 swiotlb=noforce")
 W = "/run/kata/sb1"
 STANDARD = (Console(f"{W}/console.log"), AgentChannel(f"{W}/agent.sock"))
 SHARED = SharedFs("kataShared", f"{W}/shared", socket_path=f"{W}/virtiofsd.sock")

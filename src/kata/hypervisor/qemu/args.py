@@ -49,7 +49,8 @@ __all__ = [
 # self-tests (0.23 s), no i8042/PS2 probing, no mitigations, one UART; panic=-1 with -no-reboot
 # makes a guest panic end the QEMU process instead of hanging.
 BASE_KERNEL_PARAMS = ("console=ttyS0 panic=-1 quiet cryptomgr.notests i8042.noaux i8042.nopnp "
-                      "mitigations=off no_timer_check audit=0 apparmor=0 random.trust_cpu=on 8250.nr_uarts=1")
+                      "mitigations=off no_timer_check audit=0 apparmor=0 random.trust_cpu=on 8250.nr_uarts=1 "
+                      "swiotlb=noforce")
 MEMORY_BACKEND_ID = "mem"
 
 Option = tuple[str, str]
