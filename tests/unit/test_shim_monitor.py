@@ -21,6 +21,7 @@ from kata.cli.main import main as cli_main
 from kata.errors import KataError, NetworkError, StateError
 from kata.protocols.pb import shim_task_pb2
 from kata.shim.backend import SandboxHandle
+from kata.shim.metrics import SandboxCollector, agent_metrics_text, metrics_text
 from kata.shim.monitor import (
     MAX_BODY,
     MONITOR_SOCKET,
@@ -28,13 +29,10 @@ from kata.shim.monitor import (
     MonitorServer,
     Request,
     Response,
-    SandboxCollector,
     ShimMonitor,
-    agent_metrics_text,
     content_length,
     encode_response,
     error_status,
-    metrics_text,
     network_routes,
     parse_request,
 )

@@ -9,17 +9,11 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote
-
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from prometheus_client.registry import Collector
 
 from kata.agent.types import Interface, Route
 from kata.errors import KataError, NetworkError, RpcError, StateError
@@ -29,6 +23,9 @@ from kata.shim.backend import SandboxHandle
 from kata.shim.network_api import NetworkTarget, interface_json, interfaces_body, routes_body
 from kata.ttrpc.status import Code
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
 __all__ = [
     "MONITOR_SOCKET",
     "HttpError",
@@ -36,13 +33,10 @@ __all__ = [
     "MonitorSource",
     "Request",
     "Response",
-    "SandboxCollector",
     "ShimMonitor",
-    "agent_metrics_text",
     "content_length",
     "encode_response",
     "error_status",
-    "metrics_text",
     "network_routes",
     "parse_request",
 ]
@@ -58,19 +52,9 @@ IP6TABLES_PATH = "/ip6tables"
 MAX_HEAD = 8192  # request line and headers
 MAX_BODY = 1 << 20  # a PUT's body: an iptables-restore file
 READ_TIMEOUT = 5.0
-AGENT_METRICS_TIMEOUT = 5.0
+LINGER = 2.0  # seconds a refused request's body is read and dropped before the connection closes
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
-# /proc/<pid>/status lines reported as kata_*_proc_status{item=...}, as Kata's SetGaugeVecProcStatus
-# (sizes in bytes, as Go's procfs gives them).
-STATUS_ITEMS = {"VmPeak": "vmpeak", "VmSize": "vmsize", "VmLck": "vmlck", "VmPin": "vmpin", "VmHWM": "vmhwm",
-                "VmRSS": "vmrss", "RssAnon": "rssanon", "RssFile": "rssfile", "RssShmem": "rssshmem",
-                "VmData": "vmdata", "VmStk": "vmstk", "VmExe": "vmexe", "VmLib": "vmlib", "VmPTE": "vmpte",
-                "VmPMD": "vmpmd", "VmSwap": "vmswap", "HugetlbPages": "hugetlbpages",
-                "voluntary_ctxt_switches": "voluntary_ctxt_switches",
-                "nonvoluntary_ctxt_switches": "nonvoluntary_ctxt_switches"}
-STAT_ITEMS = {"utime": 11, "stime": 12, "cutime": 13, "cstime": 14}  # 0-based fields after "pid (comm)"
-STAT_THREADS = 17
 
 
 class HttpError(Exception):
@@ -211,7 +195,7 @@ class MonitorServer:
         try:
             length = content_length(head)
         except HttpError as exc:
-            await self._answer(writer, encode_response(exc.status, f"{exc}\n".encode()))
+            await self._answer(writer, encode_response(exc.status, f"{exc}\n".encode()), linger=reader)
             return
         try:
             body = await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT) if length else b""
@@ -250,10 +234,19 @@ class MonitorServer:
         return encode_response(answer.status, answer.body, answer.content_type)
 
     @staticmethod
-    async def _answer(writer: asyncio.StreamWriter, data: bytes) -> None:
+    async def _answer(writer: asyncio.StreamWriter, data: bytes, *, linger: asyncio.StreamReader | None = None,
+                      ) -> None:
+        """Write ``data`` and close. With ``linger`` (a request whose body is refused unread), half-close and
+        discard what the client still sends (bounded), so that it reads the answer rather than a reset."""
         try:
             writer.write(data)
             await writer.drain()
+            if linger is not None and writer.can_write_eof():
+                writer.write_eof()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(LINGER):
+                        while await linger.read(65536):
+                            pass
         except ConnectionError:
             pass
         finally:
@@ -278,92 +271,6 @@ class MonitorSource(Protocol):
         Raises:
             KataError: the agent could not be asked.
         """
-
-
-def _proc_status(pid: int) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in STATUS_ITEMS and value.split():
-            number, *unit = value.split()
-            found[STATUS_ITEMS[key]] = float(number) * (1024 if unit == ["kB"] else 1)
-    return found
-
-
-def _proc_stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-
-
-def _process_metrics(prefix: str, pid: int, what: str) -> Iterator[Metric]:
-    """Kata's per-process gauges (threads, fds, proc_status, proc_stat) of ``pid`` as ``prefix``_*."""
-    try:
-        stat, status = _proc_stat(pid), _proc_status(pid)
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except (OSError, ValueError):
-        return  # the process is gone (or not ours): nothing to report
-    yield GaugeMetricFamily(f"{prefix}_threads", f"{what} process threads.", value=float(stat[STAT_THREADS]))
-    yield GaugeMetricFamily(f"{prefix}_fds", f"Open FDs for {what}.", value=float(fds))
-    status_family = GaugeMetricFamily(f"{prefix}_proc_status", f"{what} process status.", labels=["item"])
-    for item, value in status.items():
-        status_family.add_metric([item], value)
-    yield status_family
-    stat_family = GaugeMetricFamily(f"{prefix}_proc_stat", f"{what} process statistics.", labels=["item"])
-    for item, index in STAT_ITEMS.items():
-        stat_family.add_metric([item], float(stat[index]))
-    yield stat_family
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-class SandboxCollector(Collector):
-    """The sandbox-level gauges: the shim's tasks and threads, the VMM's and virtiofsd's processes."""
-
-    def __init__(self, source: MonitorSource) -> None:
-        self.source = source
-
-    def collect(self) -> Iterable[Metric]:
-        yield GaugeMetricFamily("kata_shim_tasks", "Tasks (containers) served by this shim.",
-                                value=float(self.source.task_count()))
-        yield from _process_metrics("kata_shim", os.getpid(), "Kata containerd shim v2")
-        pids = self.source.vmm_pids()
-        if pids:
-            yield from _process_metrics("kata_hypervisor", pids[0], "Hypervisor")
-        for pid in pids[1:]:
-            if "virtiofsd" in _comm(pid):
-                yield from _process_metrics("kata_virtiofsd", pid, "Virtiofsd")
-                break
-
-
-def _agent_line(line: str) -> str:
-    words = line.split(" ", 3)
-    if line.startswith("# ") and len(words) > 2 and words[1] in ("HELP", "TYPE"):
-        if words[2].startswith(("go_", "process_")):
-            words[2] = f"kata_agent_{words[2]}"
-        return " ".join(words)
-    return f"kata_agent_{line}" if line.startswith(("go_", "process_")) else line
-
-
-def agent_metrics_text(text: str) -> str:
-    """The agent's families as Kata passes them on: ``go_``/``process_`` ones renamed ``kata_agent_...``
-    (so they do not clash with the shim's own process metrics); blank lines dropped."""
-    return "".join(f"{_agent_line(line)}\n" for line in text.splitlines() if line.strip())
-
-
-async def metrics_text(source: MonitorSource, registry: CollectorRegistry) -> bytes:
-    """The shim's and sandbox's metrics, then the agent's (left out, with a log line, when it cannot be
-    asked)."""
-    text = generate_latest(registry)
-    try:
-        agent = await asyncio.wait_for(source.agent_metrics(), AGENT_METRICS_TIMEOUT)
-    except (KataError, TimeoutError) as exc:
-        _log.warning("agent metrics unavailable: %s", exc)
-        return text
-    return text + agent_metrics_text(agent).encode()
 
 
 def _json(data: bytes, status: HTTPStatus = HTTPStatus.OK) -> Response:
@@ -421,9 +328,8 @@ class ShimMonitor:
         self._task_count = task_count
         self._sandbox: AsyncSandbox | None = None
         self._server: MonitorServer | None = None
-        self._registry = CollectorRegistry(auto_describe=False)
-        ProcessCollector(registry=self._registry)
-        self._registry.register(SandboxCollector(self))
+        self._registry: CollectorRegistry | None = None  # made by the first /metrics: prometheus_client is
+        # 4-5 MiB of heap in every shim daemon otherwise
 
     # MonitorSource over the sandbox
 
@@ -481,7 +387,11 @@ class ShimMonitor:
 
     async def _metrics(self, request: Request) -> Response:
         del request
-        return Response(await metrics_text(self, self._registry), CONTENT_TYPE_PLAIN_0_0_4)
+        from kata.shim import metrics
+
+        if self._registry is None:
+            self._registry = metrics.new_registry(self)
+        return Response(await metrics.metrics_text(self, self._registry), metrics.CONTENT_TYPE)
 
     def routes(self) -> dict[str, dict[str, Handler]]:
         """Every endpoint of the socket."""
