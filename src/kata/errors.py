@@ -18,6 +18,7 @@ on message text::
      ├── AgentError             the guest agent is unreachable or misbehaved
      ├── OciError               malformed OCI bundle or config.json
      ├── NetworkError           reading, wiring or tearing down a sandbox's host network failed
+     ├── FactoryError           making, checking or cloning a VM template failed (kata.factory)
      └── StateError             an operation not allowed in the current state
 
 CLI exit codes (documented in README): 0 success, 1 error, 2 usage error or a
@@ -33,6 +34,7 @@ __all__ = [
     "AcceleratorError",
     "AgentError",
     "ConfigError",
+    "FactoryError",
     "HostError",
     "HypervisorError",
     "ImageError",
@@ -118,6 +120,10 @@ class OciError(KataError):
 
 class NetworkError(KataError):
     """A sandbox's host network could not be read, wired to the VM or torn down (kata.network)."""
+
+
+class FactoryError(KataError):
+    """Making, checking or cloning a VM template failed."""
 
 
 class StateError(KataError):

@@ -36,6 +36,7 @@ VERBS = {
     "check": ("check", "check that this host can run pykata sandboxes"),
     "env": ("env", "show the effective configuration, paths, versions and host facts"),
     "image": ("image", "build the guest kernel and image"),
+    "factory": ("factory", "make, show or remove the VM template (and show KSM)"),
     "timeline": ("timeline", "show a sandbox's startup timeline"),
     "add-iface": ("network", "hotplug a link of a sandbox's network namespace into its VM"),
     "del-iface": ("network", "unplug an interface add-iface added"),

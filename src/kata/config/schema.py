@@ -103,6 +103,8 @@ class FactoryConfig:
     enable_template: bool = option(False, annotatable=False)
     template_path: str = option("/run/vc/vm/template", annotatable=False)
     vm_cache_number: int = option(0, minimum=0, annotatable=False)
+    vm_cache_endpoint: str = option("/var/run/kata-containers/cache.sock", annotatable=False)
+    enable_ksm: bool = option(False, annotatable=False)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol, runtime_checkable
 
 from kata.config.schema import HypervisorConfig
 from kata.hypervisor.devices import AgentChannel, Console, Device, SharedFs
@@ -20,6 +20,8 @@ __all__ = [
     "Capabilities",
     "EventCallback",
     "Hypervisor",
+    "MemoryImage",
+    "Templatable",
     "VmEvent",
     "VmPaths",
     "shared_fs_for",
@@ -86,6 +88,48 @@ class VmPaths:
     def qemu_log(self) -> Path:
         """QEMU's own stderr."""
         return self.workdir / "qemu.log"
+
+
+@dataclass(frozen=True)
+class MemoryImage:
+    """Guest RAM kept in a file, the basis of VM templates (QEMU: x-ignore-shared migration).
+
+    ``shared``: guest writes reach the file (a template being made, or a clone's private copy of it);
+    otherwise they stay in the VM's own copy-on-write pages and the file never changes (a clone).
+    ``restore_from``: the saved device state the VM starts from instead of booting ("" boots).
+    """
+
+    memory_path: str
+    shared: bool
+    restore_from: str = ""
+
+
+@runtime_checkable
+class Templatable(Protocol):
+    """A driver whose VMs can be saved as templates and started as clones of one."""
+
+    def use_memory_image(self, image: MemoryImage) -> None:
+        """Put guest RAM in ``image`` (before start).
+
+        Raises:
+            StateError: the VM was started already.
+        """
+
+    def clone_identity(self) -> str:
+        """What a template and its clones must have in common (the VMM's devices, machine, kernel, ...),
+        as text with the VM's own host paths made neutral; after prepare.
+
+        Raises:
+            StateError: before prepare.
+        """
+
+    async def save_state(self, path: str, timeout: float = 30.0) -> None:
+        """Stop the vCPUs, write the device state (not the RAM) to ``path``, then stop the VM.
+
+        Raises:
+            StateError: the VM is not running or paused, or has no shared memory image.
+            HypervisorError: the VMM refused or did not finish within ``timeout`` s (the VM is stopped).
+        """
 
 
 def shared_fs_for(config: HypervisorConfig, paths: VmPaths, source: str,

@@ -32,11 +32,12 @@ class VmRecord:
     agent_url: str
     qmp_socket: str = ""
     console_log: str = ""
+    source: str = "direct"  # where the VM came from: direct (cold boot) or template (a clone)
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON object."""
         return {"hypervisor": self.hypervisor, "agent_url": self.agent_url, "qmp_socket": self.qmp_socket,
-                "console_log": self.console_log,
+                "console_log": self.console_log, "source": self.source,
                 "processes": [{"pid": p.pid, "start_time": p.start_time} for p in self.processes]}
 
     @classmethod
@@ -48,7 +49,8 @@ class VmRecord:
         """
         processes = tuple(ProcessRef(int(p["pid"]), int(p["start_time"])) for p in data["processes"])
         return cls(hypervisor=str(data["hypervisor"]), processes=processes, agent_url=str(data["agent_url"]),
-                   qmp_socket=str(data.get("qmp_socket", "")), console_log=str(data.get("console_log", "")))
+                   qmp_socket=str(data.get("qmp_socket", "")), console_log=str(data.get("console_log", "")),
+                   source=str(data.get("source", "direct")))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 from kata.agent import AgentClient
 from kata.agent.types import Interface, Route
 from kata.config import Config, LoadedConfig
-from kata.errors import AgentError, KataError, NetworkError, StateError
+from kata.errors import AgentError, HostError, KataError, NetworkError, StateError
+from kata.factory import vm_source
 from kata.hypervisor import SHARED_FS_TAG, Hypervisor
 from kata.hypervisor.devices import NetDevice
 from kata.log import fields
@@ -35,6 +36,7 @@ from kata.sandbox.startup import (
     SandboxOptions,
     connect_agent,
     create_in_guest,
+    guest_network,
     make_state_dir,
     resolve_config,
     start_vm,
@@ -90,6 +92,7 @@ class AsyncSandbox:
         self._oom = OomWatcher(agent, record.sandbox_id)
         self._closing = False
         self._lock = asyncio.Lock()
+        self._ksm: asyncio.Task[None] | None = None
 
     @property
     def sandbox_id(self) -> str:
@@ -149,11 +152,13 @@ class AsyncSandbox:
             async with AsyncExitStack() as stack:
                 make_state_dir(stack, paths)
                 network = await wire_network(stack, config, paths, options)
-                hypervisor = await start_vm(stack, config, paths, options, network.devices if network else ())
+                source = vm_source(config, host_mode=options.guest.host_mode)
+                hypervisor = await start_vm(stack, source, config, paths, options,
+                                            nics=network.devices if network else ())
                 if network is not None:
                     network.close_fds()  # QEMU holds the taps now
                 timeline = timeline.mark(VM_SPAWNED)
-                vm = OwnedVm(hypervisor)
+                vm = OwnedVm(hypervisor, source=source.name)
                 record = SandboxRecord(sandbox_id=paths.sandbox_id, state=_S.CREATING.value, created=time.time(),
                                        vm=vm.record, shared_fs=shared_fs, guest_root=options.guest.root,
                                        host_mode=options.guest.host_mode, hostname=options.hostname,
@@ -163,13 +168,16 @@ class AsyncSandbox:
                 write_json(paths.state_file, record.to_json())  # another process can clean up from here on
                 agent = await connect_agent(stack, vm.record.agent_url, float(config.agent.dial_timeout))
                 timeline = timeline.mark(AGENT_REACHABLE)
-                await create_in_guest(agent, config, paths, options, options.dns)
+                await source.prime(agent)
+                await create_in_guest(agent, config, paths, options, options.dns, share_wait=source.share_wait)
                 if network is not None:
-                    await configure_guest(agent, network.info)
+                    await configure_guest(agent, guest_network(source, network))
                 timeline = timeline.mark(SANDBOX_CREATED)
                 sandbox = cls(record, paths, vm, agent, _S.CREATING)
                 sandbox._start(timeline)
                 stack.pop_all()
+            if config.factory.enable_ksm:
+                sandbox._ksm = asyncio.get_running_loop().create_task(_throttle_ksm(paths.sandbox_id), name="ksm")
         except KataError as exc:
             exc.add_note(f"while creating sandbox {paths.sandbox_id}")
             _log.warning("sandbox create failed: %s", exc, extra=fields(sandbox=paths.sandbox_id))
@@ -446,6 +454,7 @@ class AsyncSandbox:
                 return
             self._life.require("delete")
             await self._oom.stop()
+            await self._stop_ksm()
             for container in list(self.containers.values()):
                 try:
                     await container.delete(force=True)
@@ -458,6 +467,13 @@ class AsyncSandbox:
             remove_tree(self.paths.directory)
             self._life.move(_S.STOPPED)
             _log.info("sandbox deleted", extra=self._fields())
+
+    async def _stop_ksm(self) -> None:
+        if self._ksm is not None:
+            self._ksm.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ksm
+            self._ksm = None
 
     async def _close_agent(self, *, destroy: bool) -> None:
         self._closing = True
@@ -481,6 +497,7 @@ class AsyncSandbox:
         async with self._lock:
             self._life.require("detach")
             await self._oom.stop()
+            await self._stop_ksm()
             for container in self.containers.values():
                 await container.release()
             self._vm.unwatch()
@@ -518,6 +535,16 @@ class SandboxStarter:
                         tb: TracebackType | None) -> None:
         if self._sandbox is not None:
             await self._sandbox.__aexit__(exc_type, exc, tb)
+
+
+async def _throttle_ksm(sandbox_id: str) -> None:
+    """KSM's fast burst after a sandbox started, then its idle rate (a failure is only logged)."""
+    from kata.factory.ksm import throttle_ksm
+
+    try:
+        await throttle_ksm()
+    except HostError as exc:
+        _log.warning("%s", exc, extra=fields(sandbox=sandbox_id))
 
 
 async def _reconnect(vm: AdoptedVm, record: SandboxRecord, timeout: float) -> AgentClient | None:

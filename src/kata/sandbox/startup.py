@@ -6,21 +6,22 @@ import asyncio
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kata.agent import AgentClient
 from kata.config import Config, LoadedConfig, load_config
-from kata.hypervisor import SHARED_FS_TAG, Hypervisor, new_hypervisor, shared_fs_for
-from kata.hypervisor.accel import choose_accelerator
-from kata.hypervisor.devices import Device
-from kata.network import WiredNetwork, unwire, wire
+from kata.factory import VmRequest, VmSource
+from kata.hypervisor import SHARED_FS_TAG, Hypervisor
+from kata.hypervisor.devices import Device, NetDevice
+from kata.network import NetworkInfo, WiredNetwork, unwire, wire
 from kata.sandbox.errors import SandboxError
 from kata.sandbox.mounts import make_shared, remove_tree, unmount
 from kata.sandbox.paths import VM_LAYOUT, GuestLayout, SandboxPaths
 from kata.sandbox.requests import sandbox_request, shared_storage
+from kata.ttrpc.status import NotFoundError
 
-__all__ = ["SandboxOptions", "connect_agent", "create_in_guest", "make_state_dir", "resolve_config", "start_vm",
-           "wire_network"]
+__all__ = ["SandboxOptions", "connect_agent", "create_in_guest", "guest_network", "make_state_dir", "resolve_config",
+           "start_vm", "wire_network"]
 
 
 @dataclass(frozen=True)
@@ -81,23 +82,29 @@ async def wire_network(stack: AsyncExitStack, config: Config, paths: SandboxPath
     return wired
 
 
-async def start_vm(stack: AsyncExitStack, config: Config, paths: SandboxPaths, options: SandboxOptions,
-                   extra_devices: Sequence[Device] = ()) -> Hypervisor:
-    """Pick the accelerator, prepare and start the VM with the shared dir; undo: stop it.
+async def start_vm(stack: AsyncExitStack, source: VmSource, config: Config, paths: SandboxPaths,
+                   options: SandboxOptions, *, nics: Sequence[Device] = ()) -> Hypervisor:
+    """A running VM from ``source`` (cold boot or template clone) with the shared dir and ``nics``;
+    undo: stop it.
 
     Raises:
         AcceleratorError: no accelerator works.
         ConfigError: unknown hypervisor name.
         HypervisorError: the VM could not be prepared or started (the driver leaves nothing behind).
+        FactoryError: the VM template could not be made.
     """
-    accelerator = (await asyncio.to_thread(choose_accelerator, config.hypervisor)).accelerator
-    vm = new_hypervisor(config.hypervisor_name, config.hypervisor, paths.directory, sandbox_id=paths.sandbox_id,
-                        accelerator=accelerator)
-    devices = [] if options.guest.host_mode else [shared_fs_for(config.hypervisor, vm.paths, str(paths.shared))]
-    await vm.prepare([*(d for d in devices if d is not None), *extra_devices])
-    stack.push_async_callback(vm.stop)
-    await vm.start(timeout=options.start_timeout)
-    return vm
+    request = VmRequest(config=config, workdir=paths.directory, sandbox_id=paths.sandbox_id,
+                        shared_dir=None if options.guest.host_mode else paths.shared, nics=tuple(nics),
+                        start_timeout=options.start_timeout)
+    return await source.start(stack, request)
+
+
+def guest_network(source: VmSource, network: WiredNetwork) -> NetworkInfo:
+    """The network as the guest is told it: hotplugged NICs are named so that the agent waits for them."""
+    ids = {d.mac: d.id for d in network.devices if isinstance(d, NetDevice)}
+    endpoints = tuple(replace(e, interface=source.guest_interface(e.interface, ids.get(e.interface.hw_addr, "")))
+                      for e in network.info.endpoints)
+    return replace(network.info, endpoints=endpoints)
 
 
 async def connect_agent(stack: AsyncExitStack, url: str, dial_timeout: float) -> AgentClient:
@@ -114,13 +121,25 @@ async def connect_agent(stack: AsyncExitStack, url: str, dial_timeout: float) ->
 
 
 async def create_in_guest(agent: AgentClient, config: Config, paths: SandboxPaths, options: SandboxOptions,
-                          dns: Sequence[str]) -> None:
+                          dns: Sequence[str], *, share_wait: float = 0.0) -> None:
     """CreateSandbox: hostname, DNS, the shared dir's storage and the configured kernel modules.
+
+    ``share_wait``: for up to this long, a NOT_FOUND answer (the share's tag is not there yet: its device
+    was just hotplugged) is retried; the guest undoes a failed CreateSandbox completely.
 
     Raises:
         SandboxError: no shared fs is configured.
         RpcError: the agent refused.
     """
     storage = shared_storage(config.hypervisor.shared_fs, options.guest, str(paths.shared), SHARED_FS_TAG)
-    await agent.create_sandbox(sandbox_request(paths.sandbox_id, hostname=options.hostname, dns=dns,
-                                               storages=(storage,), modules=config.agent.kernel_modules))
+    request = sandbox_request(paths.sandbox_id, hostname=options.hostname, dns=dns, storages=(storage,),
+                              modules=config.agent.kernel_modules)
+    deadline = time.monotonic() + share_wait
+    while True:
+        try:
+            await agent.create_sandbox(request)
+            return
+        except NotFoundError:
+            if time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(0.02)

@@ -80,7 +80,7 @@ class VmControl(abc.ABC):
 class OwnedVm(VmControl):
     """The VM this process started, driven through its Hypervisor."""
 
-    def __init__(self, hypervisor: Hypervisor) -> None:
+    def __init__(self, hypervisor: Hypervisor, *, source: str = "direct") -> None:
         super().__init__(hypervisor.sandbox_id)
         self.hypervisor = hypervisor
         self._unsubscribe: Callable[[], None] | None = None
@@ -88,7 +88,7 @@ class OwnedVm(VmControl):
         qmp = hypervisor.paths.qmp_socket
         self._record = VmRecord(hypervisor=hypervisor.name, processes=tuple(r for r in refs if r is not None),
                                 agent_url=hypervisor.agent.address, qmp_socket=str(qmp) if qmp.exists() else "",
-                                console_log=str(hypervisor.paths.console_log))
+                                console_log=str(hypervisor.paths.console_log), source=source)
 
     @property
     def record(self) -> VmRecord:

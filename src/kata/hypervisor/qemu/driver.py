@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 from kata.config.schema import HypervisorConfig
 from kata.errors import HypervisorError, StateError
 from kata.hypervisor.accel import choose_accelerator
-from kata.hypervisor.base import Capabilities, Hypervisor, VmEvent, with_standard_devices
+from kata.hypervisor.base import Capabilities, Hypervisor, MemoryImage, VmEvent, with_standard_devices
 from kata.hypervisor.devices import AgentChannel, Device, NetDevice, SharedFs
 from kata.hypervisor.process import ChildProcess, spawn
-from kata.hypervisor.qemu.args import VmSpec, build_argv, single_threaded_tcg, uses_vhost_user
+from kata.hypervisor.qemu.args import MemoryBackend, VmSpec, build_argv, single_threaded_tcg, uses_vhost_user
 from kata.hypervisor.qemu.hotplug import DeviceManager, PortPool
 from kata.hypervisor.qemu.qmp import QmpClient, QmpEvent
 from kata.hypervisor.qemu.resize import MemoryResizer, VcpuResizer
@@ -67,6 +69,7 @@ class QemuHypervisor(Hypervisor):
         self._hot: DeviceManager | None = None
         self._vcpus: VcpuResizer | None = None
         self._memory: MemoryResizer | None = None
+        self._image: MemoryImage | None = None
 
     def _fields(self, **extra: object) -> dict[str, dict[str, object]]:
         return fields(sandbox=self.sandbox_id, **extra)
@@ -95,8 +98,23 @@ class QemuHypervisor(Hypervisor):
         if self._host is None or self.accelerator not in ("kvm", "tcg"):
             raise StateError("vm: no spec before prepare", state=self.state.value, required=("prepared",))
         accelerator: Literal["kvm", "tcg"] = "kvm" if self.accelerator == "kvm" else "tcg"
-        return vm_spec(self.config, paths=self.paths, accelerator=accelerator, devices=tuple(self._devices),
+        spec = vm_spec(self.config, paths=self.paths, accelerator=accelerator, devices=tuple(self._devices),
                        host=self._host, name=f"sandbox-{self.sandbox_id}" if self.sandbox_id else "pykata")
+        if self._image is None:
+            return spec
+        backend = MemoryBackend("file", self._image.memory_path, share=self._image.shared)
+        return replace(spec, memory_backend=backend, incoming=bool(self._image.restore_from))
+
+    def use_memory_image(self, image: MemoryImage) -> None:
+        """See :class:`kata.hypervisor.base.Templatable`: RAM in a file, and maybe a restore instead of a boot.
+
+        Raises:
+            StateError: the VM was started already.
+        """
+        if self.state not in (VmState.NEW, VmState.PREPARED):
+            raise StateError("vm: the memory image is chosen before start", state=self.state.value,
+                             required=("new", "prepared"))
+        self._image = image
 
     async def prepare(self, devices: Sequence[Device] = ()) -> None:
         """See :meth:`Hypervisor.prepare`; also picks the accelerator (``auto``: cached probe)."""
@@ -170,7 +188,18 @@ class QemuHypervisor(Hypervisor):
         self._watcher = asyncio.get_running_loop().create_task(self._watch_exit(qemu), name="qemu-exit")
         await self._qmp.connect(str(self.paths.qmp_socket), alive=qemu.alive)
         stack.callback(self._qmp.on_event(self._on_qmp_event))
+        if self._image is not None and self._image.restore_from:
+            await self._restore(self._image.restore_from)
         self._attach_controllers(spec)
+
+    async def _restore(self, state_path: str) -> None:
+        """Load the saved device state; RAM is the image file already (x-ignore-shared), so only devices
+        travel. A template is saved stopped, so the clone arrives paused: continue it."""
+        await self._qmp.migrate_set_capability("x-ignore-shared")
+        await self._qmp.migrate_incoming(f"exec:cat {shlex.quote(state_path)}")
+        await self._qmp.wait_migration()
+        if not (await self._qmp.query_status()).running:
+            await self._qmp.cont()
 
     def _own_workdir(self, stack: AsyncExitStack) -> None:
         workdir = self.paths.workdir
@@ -216,6 +245,8 @@ class QemuHypervisor(Hypervisor):
                                       unplug=not single_threaded_tcg(spec))
             backend = spec.memory_backend
             share = uses_vhost_user(spec.devices) or backend.share or backend.kind == "memfd"
+            if self._image is not None:  # hotplugged RAM must never land in (and grow) the image file
+                backend, share = MemoryBackend("memfd"), True
             self._memory = MemoryResizer(self._qmp, backend, share=share, max_mib=spec.max_memory_mib,
                                          slots=spec.memory_slots)
 
@@ -291,6 +322,40 @@ class QemuHypervisor(Hypervisor):
             await self._qmp.close()  # QEMU's monitor takes one client at a time: free it for the new owner
             self._life.move(VmState.DETACHED)
             _log.info("vm detached", extra=self._fields(pids=list(self.pids())))
+
+    def clone_identity(self) -> str:
+        """See :class:`kata.hypervisor.base.Templatable`: the command line, host paths below the workdir and
+        the RAM file made neutral (a clone must match its template's machine, devices, ids and port names;
+        only host-side backends may differ).
+
+        Raises:
+            StateError: before prepare.
+        """
+        spec = replace(self.spec, name="vm", memory_backend=MemoryBackend("file", "<memory>", share=True),
+                       incoming=False)
+        return "\0".join(build_argv(spec)).replace(str(self.paths.workdir), "<workdir>")
+
+    async def save_state(self, path: str, timeout: float = 30.0) -> None:
+        """See :class:`kata.hypervisor.base.Templatable`: x-ignore-shared, stop, migrate to ``path``, stop.
+
+        Raises:
+            StateError: the VM is not running or paused, or its RAM is not a shared memory image.
+            HypervisorError: QEMU refused or did not finish within ``timeout`` s (the VM is stopped anyway).
+        """
+        if not self._life.live or self._image is None or not self._image.shared:
+            raise StateError("vm: only a running VM with a shared memory image can be saved",
+                             state=self.state.value, required=("running", "paused"))
+        try:
+            async with asyncio.timeout(timeout):
+                await self._qmp.migrate_set_capability("x-ignore-shared")
+                await self._qmp.stop()
+                await self._qmp.migrate(f"exec:cat > {shlex.quote(path)}")
+                await self._qmp.wait_migration()
+        except TimeoutError as exc:
+            raise HypervisorError(f"save vm state: not done within {timeout:g} s") from exc
+        finally:
+            await self.stop()
+        _log.info("vm state saved", extra=self._fields(path=path))
 
     async def wait(self) -> int:
         """See :meth:`Hypervisor.wait`."""

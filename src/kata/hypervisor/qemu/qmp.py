@@ -355,6 +355,34 @@ class QmpClient:
                 await self.object_del(memdev)
             raise
 
+    async def migrate_set_capability(self, name: str, state: bool = True) -> None:
+        """``migrate-set-capabilities`` of one capability (e.g. ``x-ignore-shared``)."""
+        await self.execute("migrate-set-capabilities", {"capabilities": [{"capability": name, "state": state}]})
+
+    async def migrate(self, uri: str) -> None:
+        """``migrate`` to ``uri`` (returns at once; see :meth:`wait_migration`)."""
+        await self.execute("migrate", {"uri": uri})
+
+    async def migrate_incoming(self, uri: str) -> None:
+        """``migrate-incoming`` from ``uri`` (QEMU started with ``-incoming defer``; see :meth:`wait_migration`)."""
+        await self.execute("migrate-incoming", {"uri": uri})
+
+    async def wait_migration(self, interval: float = 0.005) -> None:
+        """Poll ``query-migrate`` until the migration completed (bound it with a timeout).
+
+        Raises:
+            QmpError: it failed or was cancelled (QEMU's error description in the message).
+        """
+        while True:
+            reply = await self.execute("query-migrate")
+            status = str(reply.get("status", "none"))
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise QmpError(f"qmp migration {status}: {reply.get('error-desc', 'no reason given')}")
+            await asyncio.sleep(interval)
+            interval = min(interval * 2, 0.05)
+
     async def query_memory_mib(self) -> int:
         """Guest RAM present (base + plugged), MiB (``query-memory-size-summary``)."""
         reply = await self.execute("query-memory-size-summary")

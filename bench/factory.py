@@ -1,0 +1,147 @@
+"""VM factory: /bin/true from a cold boot vs from a template clone, and host PSS per sandbox at N clones (+KSM).
+
+Usage: flock /tmp/pykata-vm.lock .venv/bin/python bench/factory.py [--runs 3] [--count 10]
+       [--shared-fs virtio-9p|virtio-fs] [--ksm-settle 40] [--no-write]
+
+Start latency: through the sandbox library (what the shim and the OCI CLI call), from ``create`` to the
+exit status of ``/bin/true`` in a container, sandbox deleted after each run (not timed). Cold and template
+runs alternate, so a noisy host hits both alike; the template is made once before (not timed: its cost is
+shown apart). The ratio compares medians of this run only.
+
+Footprint: ``--count`` idle template sandboxes in one process (the library: no shim daemon per sandbox;
+an idle daemon adds ~15 MiB PSS each, see docs/factory.md); after 10 s the PSS (/proc/PID/smaps_rollup)
+of every QEMU (and virtiofsd) is summed and divided by N. Then KSM runs its burst for ``--ksm-settle`` s
+and the sum is taken again. KSM's previous settings are restored at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from common import add_common_args, machine_facts, print_facts, print_table, progress, pss_kib, write_results
+from tests.agent.sandbox_support import make_bundle
+
+from kata.config import Config, load_config
+from kata.factory import Template
+from kata.factory.ksm import BURST, IDLE, KsmRate, ksm_status, set_ksm
+from kata.sandbox import AsyncSandbox
+
+GENERIC = Path("/var/cache/pykata/guest-generic")
+
+
+def make_config(shared_fs: str, template_path: Path, *, template: bool) -> Config:
+    config = load_config().config
+    hypervisor = replace(config.hypervisor, shared_fs=shared_fs)
+    if shared_fs == "virtio-9p":
+        hypervisor = replace(hypervisor, kernel=str(GENERIC / "vmlinux"), initrd=str(GENERIC / "kata-initrd.img"),
+                             accelerator="tcg")
+    factory = replace(config.factory, enable_template=template, template_path=str(template_path))
+    return replace(config, hypervisor=hypervisor, factory=factory)
+
+
+async def true_once(config: Config, root: Path, bundle: Path, name: str) -> float:
+    started = time.monotonic()
+    async with AsyncSandbox.create(config, root=root, sandbox_id=name) as sb:
+        container = await sb.create_container(bundle, container_id="c")
+        await container.start()
+        assert await container.wait() == 0
+        elapsed = time.monotonic() - started
+    return elapsed
+
+
+async def start_latency(args: argparse.Namespace, work: Path, bundle: Path) -> dict[str, Any]:
+    cold = make_config(args.shared_fs, work / "template", template=False)
+    warm = make_config(args.shared_fs, work / "template", template=True)
+    made = time.monotonic()
+    info, _ = await Template(warm).ensure()
+    build = time.monotonic() - made
+    progress(f"template made in {build:.1f} s (guest boot to ready agent {info.boot_seconds:.2f} s)")
+    samples: dict[str, list[float]] = {"cold": [], "template": []}
+    for run in range(args.runs):
+        for kind, config in (("cold", cold), ("template", warm)):
+            samples[kind].append(await true_once(config, work / "run", bundle, f"{kind}{run}"))
+            progress(f"run {run + 1}/{args.runs} {kind}: {samples[kind][-1]:.2f} s")
+    medians = {k: statistics.median(v) for k, v in samples.items()}
+    ratio = medians["template"] / medians["cold"]
+    print_table(f"/bin/true through the library ({args.shared_fs}), create to exit status",
+                ["source", "median s", "min s", "max s", "ratio"],
+                [[k, f"{medians[k]:.2f}", f"{min(v):.2f}", f"{max(v):.2f}", f"{medians[k] / medians['cold']:.3f}x"]
+                 for k, v in samples.items()])
+    return {"samples": samples, "medians": medians, "ratio": ratio, "template_build_seconds": build,
+            "template_boot_seconds": info.boot_seconds}
+
+
+def vmm_pss_mib(sandboxes: list[AsyncSandbox]) -> float:
+    return sum(pss_kib(pid) for sb in sandboxes for pid in sb.pids) / 1024
+
+
+async def footprint(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    config = make_config(args.shared_fs, work / "template", template=True)
+    before = ksm_status()
+    sandboxes: list[AsyncSandbox] = []
+    result: dict[str, Any] = {"count": args.count}
+    try:
+        set_ksm(None)
+        for index in range(args.count):
+            sandboxes.append(await AsyncSandbox.create(config, root=work / "run", sandbox_id=f"idle{index}"))
+        await asyncio.sleep(10)
+        result["pss_mib_per_sandbox"] = vmm_pss_mib(sandboxes) / args.count
+        progress(f"{args.count} clones: {result['pss_mib_per_sandbox']:.1f} MiB PSS each (QEMU"
+                 f"{' + virtiofsd' if args.shared_fs == 'virtio-fs' else ''})")
+        if before.available:
+            set_ksm(BURST)
+            await asyncio.sleep(args.ksm_settle)
+            set_ksm(IDLE)
+            status = ksm_status()
+            result["ksm_pss_mib_per_sandbox"] = vmm_pss_mib(sandboxes) / args.count
+            result["ksm_saved_mib"] = status.saved_mib
+            progress(f"after {args.ksm_settle:g} s of KSM: {result['ksm_pss_mib_per_sandbox']:.1f} MiB each "
+                     f"(ksm saves {status.saved_mib:.1f} MiB)")
+    finally:
+        for sb in sandboxes:
+            await sb.delete()
+        if before.available:
+            set_ksm(KsmRate(before.pages_to_scan, before.sleep_millisecs) if before.run == 1 else None)
+    rows = [["template clones", f"{result['pss_mib_per_sandbox']:.1f}"]]
+    if "ksm_pss_mib_per_sandbox" in result:
+        rows.append(["template clones + KSM", f"{result['ksm_pss_mib_per_sandbox']:.1f}"])
+    print_table(f"host PSS per idle sandbox at N = {args.count} ({args.shared_fs})", ["mode", "MiB"], rows)
+    return result
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="pykata-bench-factory-", dir="/run"))
+    try:
+        bundle = make_bundle(work / "bundle", "true")
+        data = {"shared_fs": args.shared_fs, "start": await start_latency(args, work, bundle)}
+        if args.count:
+            data["footprint"] = await footprint(args, work)
+        await Template(make_config(args.shared_fs, work / "template", template=True)).destroy()
+        return data
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(parser, runs=3)
+    parser.add_argument("--count", type=int, default=10, help="idle clones for the footprint (0: skip)")
+    parser.add_argument("--shared-fs", choices=("virtio-9p", "virtio-fs"), default="virtio-9p")
+    parser.add_argument("--ksm-settle", type=float, default=40.0, help="seconds of KSM burst before measuring")
+    args = parser.parse_args()
+    facts = machine_facts()
+    print_facts(facts)
+    data = asyncio.run(main_async(args))
+    write_results(args, f"factory-{args.shared_fs}", {"machine": facts, **data})
+
+
+if __name__ == "__main__":
+    main()
