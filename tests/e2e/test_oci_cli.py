@@ -8,7 +8,6 @@ import array
 import io
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.images import BUSYBOX, _layer
+from tests.terminal import read_until
 
 pytestmark = [pytest.mark.vm, pytest.mark.e2e]
 KATA = str(Path(sys.executable).parent / "kata-runtime")
@@ -183,22 +183,6 @@ def _receive_master(listener: socket.socket) -> tuple[int, str]:
     return fds[0], data.decode()
 
 
-def _read_until(fd: int, needle: bytes, timeout: float = 30) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while needle not in seen:
-        assert time.monotonic() < deadline, f"no {needle!r} in {seen!r}"
-        if select.select([fd], [], [], 0.2)[0]:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            seen += chunk
-    return seen
-
-
 def test_console_socket_gets_the_pty_master(tmp_path: Path, rootfs: Path, root: Path) -> None:
     bundle = make_bundle(tmp_path / "b", rootfs, ["sh"], terminal=True)
     console = tmp_path / "console.sock"
@@ -216,7 +200,7 @@ def test_console_socket_gets_the_pty_master(tmp_path: Path, rootfs: Path, root: 
     try:
         ok(kata(root, "start", "t1"))
         os.write(master, b"test -t 0 && echo on-a-tty-$((6*7)); exit 3\n")
-        output = _read_until(master, b"on-a-tty-42\r\n")
+        output = read_until(master, b"on-a-tty-42\r\n")
         assert b"on-a-tty-42\r\n" in output, output
         assert wait_pid(int(pid_file.read_text())) == 3
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import select
 import shutil
 import struct
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.images import BUSYBOX_IMAGE, OciImage
+from tests.terminal import read_until
 
 pytestmark = [pytest.mark.vm, pytest.mark.e2e]
 KATA = Path(sys.executable).parent / "kata-runtime"
@@ -112,22 +112,6 @@ def test_run_detached_exec_stop_rm(podman: Podman) -> None:
     assert ok(podman("ps", "-aq")) == ""
 
 
-def _read_until(fd: int, needle: bytes, timeout: float = TIMEOUT) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while needle not in seen:
-        assert time.monotonic() < deadline, f"no {needle!r} in {seen!r}"
-        if select.select([fd], [], [], 0.2)[0]:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            seen += chunk
-    return seen
-
-
 def test_run_interactive_terminal(podman: Podman) -> None:
     """`podman run -it` on a terminal of ours (33x101): the guest shell sees that size and its exit code."""
     master, slave = os.openpty()
@@ -136,9 +120,9 @@ def test_run_interactive_terminal(podman: Podman) -> None:
                                stderr=slave, env=podman.env, start_new_session=True)
     os.close(slave)
     try:
-        _read_until(master, b"# ")
+        read_until(master, b"# ", TIMEOUT)
         os.write(master, b"stty size; test -t 0 && echo on-a-tty-$((6*7)); exit 3\r")
-        output = _read_until(master, b"on-a-tty-42\r\n", timeout=60)
+        output = read_until(master, b"on-a-tty-42\r\n", timeout=60)
         assert b"33 101\r\n" in output, output
         assert process.wait(60) == 3
     finally:

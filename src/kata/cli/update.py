@@ -55,24 +55,9 @@ def resources_from_flags(args: argparse.Namespace) -> dict[str, dict[str, object
 
 
 def _read_resources(path: str) -> dict[str, object]:
-    import json
-    import sys
+    from kata.oci_cli.jsonfile import load_object
 
-    from kata.oci_cli.errors import OciCliError
-
-    try:
-        if path == "-":
-            data = json.load(sys.stdin)
-        else:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-    except OSError as exc:
-        raise OciCliError(f"open {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise OciCliError(f"decode resources: {exc}") from exc
-    if not isinstance(data, dict):
-        raise OciCliError("decode resources: not a JSON object")
-    return data
+    return load_object(path, what="resources")
 
 
 def run(ctx: CliContext, args: argparse.Namespace) -> int:

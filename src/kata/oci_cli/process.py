@@ -4,12 +4,12 @@ flags applied (runc's getProcess; pure)."""
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from kata.errors import UsageError
 from kata.oci_cli.errors import OciCliError
+from kata.oci_cli.jsonfile import load_object
 
 __all__ = ["CAPABILITY_SETS", "exec_process", "parse_user", "read_process_file", "validate_process"]
 
@@ -22,15 +22,7 @@ def read_process_file(path: str) -> dict[str, Any]:
     Raises:
         OciCliError: it cannot be read, is not JSON, or is not a usable process.
     """
-    try:
-        with open(path, encoding="utf-8") as fh:
-            process = json.load(fh)
-    except OSError as exc:
-        raise OciCliError(f"open {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise OciCliError(f"{path}: not JSON: {exc}") from exc
-    if not isinstance(process, dict):
-        raise OciCliError(f"{path}: a process must be a JSON object")
+    process = load_object(path, what="process")
     return validate_process(process)
 
 

@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from kata.errors import KataError
 from kata.oci_cli.client import TaskClient
 from kata.oci_cli.errors import ContainerNotFoundError, OciCliError
+from kata.oci_cli.jsonfile import load_object
 from kata.oci_cli.layout import (
     ContainerPaths,
     ContainerRecord,
@@ -378,17 +379,7 @@ def _make_directory(paths: ContainerPaths) -> None:
 
 
 def _read_spec(bundle: str) -> dict[str, Any]:
-    path = os.path.join(bundle, "config.json")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            spec = json.load(fh)
-    except OSError as exc:
-        raise OciCliError(f"bundle {bundle}: {exc.strerror or exc}: {path}") from exc
-    except ValueError as exc:
-        raise OciCliError(f"bundle {bundle}: config.json is not JSON: {exc}") from exc
-    if not isinstance(spec, dict):
-        raise OciCliError(f"bundle {bundle}: config.json is not a JSON object")
-    return spec
+    return load_object(os.path.join(bundle, "config.json"), what=f"bundle {bundle}:")
 
 
 def _rootfs(bundle: str, spec: dict[str, Any]) -> str:
