@@ -89,15 +89,16 @@ def containerd() -> Iterator[Ctr]:
 
 
 def bench_config(directory: Path, hypervisor: Mapping[str, object] | None = None,
-                 agent: Mapping[str, object] | None = None) -> Path:
+                 agent: Mapping[str, object] | None = None, factory: Mapping[str, object] | None = None) -> Path:
     """A configuration.toml: the built-in defaults plus a config.d fragment with ``hypervisor`` keys in
-    ``[hypervisor.qemu]`` and ``agent`` keys in ``[agent.kata]``."""
+    ``[hypervisor.qemu]``, ``agent`` keys in ``[agent.kata]`` and ``factory`` keys in ``[factory]``."""
     from kata.config import loader
 
     directory.mkdir(parents=True, exist_ok=True)
     builtin = Path(loader.__file__).parent / "configuration.toml"
     fragment = ""
-    for section, keys in (("hypervisor.qemu", hypervisor or {}), ("agent.kata", agent or {})):
+    for section, keys in (("hypervisor.qemu", hypervisor or {}), ("agent.kata", agent or {}),
+                          ("factory", factory or {})):
         if keys:
             fragment += f"[{section}]\n" + "".join(f"{key} = {_toml(value)}\n" for key, value in keys.items())
     if fragment:

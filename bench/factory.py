@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from common import add_common_args, machine_facts, print_facts, print_table, progress, pss_kib, write_results
+from engines import KATA_RUNTIME, bench_config, containerd, oci_cli_available, run_quiet
 from tests.agent.sandbox_support import make_bundle
 
 from kata.config import Config, load_config
@@ -55,6 +56,47 @@ async def true_once(config: Config, root: Path, bundle: Path, name: str) -> floa
         assert await container.wait() == 0
         elapsed = time.monotonic() - started
     return elapsed
+
+
+def config_files(args: argparse.Namespace, work: Path) -> dict[str, Path]:
+    """The cold and template configurations as files, for the shim (ctr) and the OCI CLI."""
+    hypervisor: dict[str, object] = {"shared_fs": args.shared_fs}
+    if args.shared_fs == "virtio-9p":
+        hypervisor.update(kernel=str(GENERIC / "vmlinux"), initrd=str(GENERIC / "kata-initrd.img"), accelerator="tcg")
+    return {kind: bench_config(work / f"config-{kind}", hypervisor=hypervisor,
+                               factory={"enable_template": kind == "template",
+                                        "template_path": str(work / "template")})
+            for kind in ("cold", "template")}
+
+
+def engine_latency(args: argparse.Namespace, work: Path, bundle: Path) -> dict[str, dict[str, list[float]]]:
+    """/bin/true through ``ctr run --rm`` (our shim) and ``kata-runtime run``, cold and from the template."""
+    files = config_files(args, work)
+    samples: dict[str, dict[str, list[float]]] = {}
+    with containerd() as ctr:
+        ways: list[tuple[str, Any]] = [("ctr", lambda kind, name: ctr.run_argv(
+            name, "true", config_path=str(files[kind])))]
+        if not oci_cli_available():
+            ways.append(("OCI CLI", lambda kind, name: [str(KATA_RUNTIME), "--kata-config", str(files[kind]),
+                                                        "--root", str(work / "oci"), "run", "--bundle",
+                                                        str(bundle), name]))
+        for way, argv in ways:
+            samples[way] = {"cold": [], "template": []}
+            for run in range(args.runs):
+                for kind in ("cold", "template"):
+                    started = time.monotonic()
+                    run_quiet(argv(kind, f"{way[:3].lower()}-{kind}-{run}"))
+                    samples[way][kind].append(time.monotonic() - started)
+                    progress(f"{way} run {run + 1}/{args.runs} {kind}: {samples[way][kind][-1]:.2f} s")
+    rows = []
+    for way, kinds in samples.items():
+        cold = statistics.median(kinds["cold"])
+        for kind, values in kinds.items():
+            rows.append([way, kind, f"{statistics.median(values):.2f}", f"{min(values):.2f}", f"{max(values):.2f}",
+                         f"{statistics.median(values) / cold:.3f}x"])
+    print_table(f"/bin/true through ctr and the OCI CLI ({args.shared_fs})",
+                ["path", "source", "median s", "min s", "max s", "ratio"], rows)
+    return samples
 
 
 async def start_latency(args: argparse.Namespace, work: Path, bundle: Path) -> dict[str, Any]:
@@ -122,6 +164,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     try:
         bundle = make_bundle(work / "bundle", "true")
         data = {"shared_fs": args.shared_fs, "start": await start_latency(args, work, bundle)}
+        if args.engines:
+            data["engines"] = await asyncio.to_thread(engine_latency, args, work, bundle)
         if args.count:
             data["footprint"] = await footprint(args, work)
         await Template(make_config(args.shared_fs, work / "template", template=True)).destroy()
@@ -135,6 +179,8 @@ def main() -> None:
     add_common_args(parser, runs=3)
     parser.add_argument("--count", type=int, default=10, help="idle clones for the footprint (0: skip)")
     parser.add_argument("--shared-fs", choices=("virtio-9p", "virtio-fs"), default="virtio-9p")
+    parser.add_argument("--no-engines", dest="engines", action="store_false",
+                        help="skip the ctr and OCI CLI rows (library only)")
     parser.add_argument("--ksm-settle", type=float, default=40.0, help="seconds of KSM burst before measuring")
     args = parser.parse_args()
     facts = machine_facts()
