@@ -46,6 +46,10 @@ def test_env_json_shows_the_dropin_override(conf_dir: Path) -> None:
     assert report["runtime"]["config"]["fragments"] == [str(conf_dir / "config.d/50-mem.toml")]
     assert report["hypervisor"]["name"] == "qemu"
     assert {"kernel", "initrd", "host"} <= report.keys()
+    ksm = report["ksm"]  # this host has /sys/kernel/mm/ksm; the configuration does not drive it by default
+    assert ksm["enable_ksm"] is False
+    if ksm["available"]:
+        assert ksm["saved_mib"] >= 0 and ksm["run"] in (0, 1, 2)
 
 
 def test_env_text_is_toml(conf_dir: Path) -> None:

@@ -64,6 +64,17 @@ def _host() -> dict[str, Any]:
     }
 
 
+def _ksm(enabled: bool) -> dict[str, Any]:
+    """KSM as the kernel has it, and whether the configuration drives it (``[factory] enable_ksm``)."""
+    from kata.factory.ksm import ksm_status
+
+    status = ksm_status()
+    if not status.available:
+        return {"available": False, "enable_ksm": enabled}
+    return {"available": True, "enable_ksm": enabled, "run": status.run, "pages_shared": status.pages_shared,
+            "pages_sharing": status.pages_sharing, "saved_mib": round(status.saved_mib, 1)}
+
+
 def collect_env(loaded: LoadedConfig, *, root: str, cache_file: Path = DEFAULT_CACHE_FILE) -> dict[str, Any]:
     """The whole report as plain data (JSON- and TOML-serialisable)."""
     hv = loaded.config.hypervisor
@@ -90,5 +101,6 @@ def collect_env(loaded: LoadedConfig, *, root: str, cache_file: Path = DEFAULT_C
         "initrd": file_facts(hv.initrd),
         "image": file_facts(hv.image),
         "host": _host(),
+        "ksm": _ksm(loaded.config.factory.enable_ksm),
         "config": loaded.config.to_toml_dict(),
     }
