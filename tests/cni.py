@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,6 +77,16 @@ def cni_netns(tmp: Path, name: str = "pykatacni", subnet: str = "10.88.77.0/24",
             _plugin("DEL", config, path, name)
         subprocess.run(["ip", "netns", "del", name], check=False)
         subprocess.run(["ip", "link", "del", bridge], check=False, capture_output=True)
+
+
+def receive_all(server: socket.socket, received: list[bytes]) -> None:
+    """Accept one connection on ``server`` and append everything it sent until it closed."""
+    connection, _ = server.accept()
+    with connection:
+        chunks = []
+        while data := connection.recv(65536):
+            chunks.append(data)
+        received.append(b"".join(chunks))
 
 
 def netns_snapshot(path: str) -> dict[str, str]:

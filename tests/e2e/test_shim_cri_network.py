@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cni import CniNetns, cni_attach
+from tests.cni import CniNetns, cni_attach, receive_all
 from tests.containerd import CniNetwork
 from tests.cri import CriClient, cri
 from tests.e2e.test_shim_cri import (
@@ -74,22 +74,13 @@ def send_to_pod(client: CriClient, container_id: str, address: str) -> None:
     assert heard.stdout == PAYLOAD_IN
 
 
-def _serve_once(server: socket.socket, received: list[bytes]) -> None:
-    connection, _ = server.accept()
-    with connection:
-        chunks = []
-        while data := connection.recv(65536):
-            chunks.append(data)
-        received.append(b"".join(chunks))
-
-
 def receive_from_pod(client: CriClient, container_id: str, gateway: str) -> None:
     """The host listens on the bridge's address; the container connects and sends PAYLOAD_OUT_SIZE bytes."""
     received: list[bytes] = []
     with socket.create_server((gateway, 0)) as server:
         server.settimeout(90)
         port = server.getsockname()[1]
-        thread = threading.Thread(target=_serve_once, args=(server, received), daemon=True)
+        thread = threading.Thread(target=receive_all, args=(server, received), daemon=True)
         thread.start()
         exec_ok(client, container_id, "sh", "-c", f"yes from-the-pod | head -c {PAYLOAD_OUT_SIZE} | "
                 f"busybox nc {gateway} {port}")

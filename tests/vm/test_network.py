@@ -15,7 +15,7 @@ import pytest
 from kata.oci.model import Mount
 from kata.sandbox import OutputBuffer, Sandbox
 from tests.agent.sandbox_support import make_bundle
-from tests.cni import CniNetns, cni_attach, cni_netns, netns_snapshot
+from tests.cni import CniNetns, cni_attach, cni_netns, netns_snapshot, receive_all
 from tests.vm.test_sandbox import config_for
 
 pytestmark = pytest.mark.vm
@@ -52,20 +52,11 @@ def _host_to_container(sb: Sandbox, ns: CniNetns, tmp_path: Path) -> None:
     listener.delete()
 
 
-def _serve_once(server: socket.socket, received: list[bytes]) -> None:
-    connection, _ = server.accept()
-    with connection:
-        chunks = []
-        while data := connection.recv(65536):
-            chunks.append(data)
-        received.append(b"".join(chunks))
-
-
 def _container_to_host(sb: Sandbox, ns: CniNetns, tmp_path: Path, name: str = "send") -> None:
     received: list[bytes] = []
     with socket.create_server((ns.gateway, 0)) as server:
         port = server.getsockname()[1]
-        thread = threading.Thread(target=_serve_once, args=(server, received), daemon=True)
+        thread = threading.Thread(target=receive_all, args=(server, received), daemon=True)
         thread.start()
         bundle = make_bundle(tmp_path / name, "sh", "-c", f"busybox nc {ns.gateway} {port} < /payload")
         (bundle / "rootfs" / "payload").write_bytes(PAYLOAD_OUT)

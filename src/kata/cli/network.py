@@ -4,11 +4,11 @@ the sandbox's shim over its shim-monitor socket; the list verbs load a sandbox n
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 from kata.cli.context import CliContext
 from kata.errors import KataError, UsageError
+from kata.ids import ID_RULE, valid_id
 
 __all__ = ["HOTPLUG_VERBS", "ShimRefusedError", "add_arguments", "check_sandbox_id", "missing_sandbox", "run",
            "shim_call"]
@@ -16,7 +16,6 @@ __all__ = ["HOTPLUG_VERBS", "ShimRefusedError", "add_arguments", "check_sandbox_
 HOTPLUG_VERBS = ("add-iface", "del-iface")
 LIST_TIMEOUT = 30.0
 HOTPLUG_TIMEOUT = 180.0  # a NIC hotplug: QMP, then the guest waits for the device (slow under TCG)
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # kata.sandbox.paths' ids (not imported: it is heavy)
 
 
 class ShimRefusedError(KataError):
@@ -45,9 +44,8 @@ def check_sandbox_id(sandbox_id: str) -> str:
     Raises:
         UsageError: it cannot.
     """
-    if not _ID.fullmatch(sandbox_id):
-        raise UsageError(f"bad sandbox id {sandbox_id!r}: use 1-128 letters, digits, '_', '.' or '-', "
-                         "starting with a letter or digit")
+    if not valid_id(sandbox_id):
+        raise UsageError(f"bad sandbox id {sandbox_id!r}: {ID_RULE}")
     return sandbox_id
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from kata.ids import ID_RULE, valid_id
 from kata.oci_cli.errors import ContainerNotFoundError, OciCliError
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
 ]
 
 OCI_DIR = ".oci"
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # kata.sandbox.paths' rule: the id names a directory
 
 
 def check_container_id(container_id: str) -> str:
@@ -37,9 +36,8 @@ def check_container_id(container_id: str) -> str:
     Raises:
         OciCliError: it cannot.
     """
-    if not _ID.fullmatch(container_id):
-        raise OciCliError(f"invalid container id {container_id!r}: use 1-128 letters, digits, '_', '.' or '-', "
-                          "starting with a letter or digit")
+    if not valid_id(container_id):
+        raise OciCliError(f"invalid container id {container_id!r}: {ID_RULE}")
     return container_id
 
 

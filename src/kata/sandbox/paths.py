@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from kata.ids import ID_RULE, valid_id
 from kata.sandbox.errors import SandboxError
 
 __all__ = [
@@ -25,7 +25,6 @@ __all__ = [
 DEFAULT_ROOT = "/run/kata"
 ENV_ROOT = "KATA_ROOT"
 GUEST_ROOT = "/run/kata-containers"  # the agent's directory for storages and shared files
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def check_id(kind: str, value: str) -> str:
@@ -34,9 +33,8 @@ def check_id(kind: str, value: str) -> str:
     Raises:
         SandboxError: it is empty, too long, or has characters other than letters, digits, ``_.-``.
     """
-    if not _ID.fullmatch(value):
-        raise SandboxError(f"bad {kind} id {value!r}: use 1-128 letters, digits, '_', '.' or '-', "
-                           "starting with a letter or digit")
+    if not valid_id(value):
+        raise SandboxError(f"bad {kind} id {value!r}: {ID_RULE}")
     return value
 
 

@@ -77,6 +77,12 @@ class VmControl(abc.ABC):
         """Stop watching for the VMM's exit."""
 
 
+def _live_refs(hypervisor: Hypervisor) -> tuple[ProcessRef, ...]:
+    """The hypervisor's live processes (VMM first, then helpers) as state.json records them."""
+    refs = (process_ref(pid) for pid in hypervisor.pids())
+    return tuple(r for r in refs if r is not None)
+
+
 class OwnedVm(VmControl):
     """The VM this process started, driven through its Hypervisor."""
 
@@ -84,9 +90,8 @@ class OwnedVm(VmControl):
         super().__init__(hypervisor.sandbox_id)
         self.hypervisor = hypervisor
         self._unsubscribe: Callable[[], None] | None = None
-        refs = (process_ref(pid) for pid in hypervisor.pids())
         qmp = hypervisor.paths.qmp_socket
-        self._record = VmRecord(hypervisor=hypervisor.name, processes=tuple(r for r in refs if r is not None),
+        self._record = VmRecord(hypervisor=hypervisor.name, processes=_live_refs(hypervisor),
                                 agent_url=hypervisor.agent.address, qmp_socket=str(qmp) if qmp.exists() else "",
                                 console_log=str(hypervisor.paths.console_log), source=source)
 
@@ -134,8 +139,7 @@ class OwnedVm(VmControl):
         self.unwatch()
         if not isinstance(self.hypervisor, Detachable):
             return False
-        refs = (process_ref(pid) for pid in self.hypervisor.pids())
-        self._record = replace(self._record, processes=tuple(r for r in refs if r is not None))
+        self._record = replace(self._record, processes=_live_refs(self.hypervisor))
         await self.hypervisor.detach()
         return True
 
