@@ -74,6 +74,10 @@ def test_hotplug_wiring_of_a_second_network(tmp_path: Path) -> None:
 def test_new_and_missing_namespaces() -> None:
     wired = wire("", sandbox_id="pykata-unit-new")
     assert wired.record.created_netns and os.path.exists(wired.record.netns) and not wired.devices
+    assert os.stat(wired.record.netns).st_ino != os.stat("/proc/self/ns/net").st_ino  # a namespace of its own
+    assert _links(wired.record.netns).split(":")[1].strip() == "lo" and _links(wired.record.netns).count("\n") == 1
+    with pytest.raises(NetworkError, match="exists already"):
+        wire("", sandbox_id="pykata-unit-new")
     unwire(wired.record)
     assert not os.path.exists(wired.record.netns)
     assert wire("", new_netns=False).record.netns == ""

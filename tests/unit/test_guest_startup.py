@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from kata.guest import codecache, lazy, linux
 from kata.guest import modules as guest_modules
-from kata.guest.channel import channel_modules
+from kata.guest.channel import channel_modules, unneeded_modules
 from kata.guest.loading import DeferredRouter
 from kata.guest.log import GuestLog
 from kata.guest.reaper import Reaper
@@ -225,6 +225,30 @@ def test_channel_modules_follow_the_bus(tmp_path: Path) -> None:
     (devices / "0000:00:01.0").mkdir()
     assert channel_modules("serial", str(devices)) == ("virtio_console", "virtio_pci")
     assert channel_modules("vsock", str(devices)) == ("vmw_vsock_virtio_transport", "virtio_pci")
+
+
+def test_modules_of_another_transport_or_channel_are_skipped(tmp_path: Path) -> None:
+    q35_serial = unneeded_modules("serial", "virtio_pci")
+    assert {"virtio_mmio", "vsock", "vmw_vsock_virtio_transport"} <= q35_serial
+    assert not q35_serial & {"virtio_pci", "virtio_console", "virtiofs", "fuse"}
+    assert unneeded_modules("vsock", "virtio_pci") == {"virtio_mmio"}
+    assert "virtio_pci" in unneeded_modules("serial", "virtio_mmio")  # microvm has no PCI bus
+    log, _ = _log(tmp_path)
+    listing = tmp_path / "modules"
+    listing.write_text("/m/virtio_pci.ko\n/m/virtio_console.ko\n/m/virtio_mmio.ko\n/m/fuse.ko\n")
+    loader = guest_modules.ModuleLoader(log, Reaper(), sys_module=str(tmp_path / "sys"))
+    forked: list[bool] = []
+
+    def fork() -> int:
+        forked.append(True)
+        return 4242
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fork", fork)
+        patch.setattr(loader._reaper, "watch", lambda pid, callback: None)
+        loader.start(str(listing), urgent=("virtio_console", "virtio_pci"), skip=q35_serial)
+    assert forked and loader._listed == {"virtio_pci", "virtio_console", "fuse"}
+    assert loader.wait(0.01, ("virtio_mmio",))  # skipped: nothing to wait for
 
 
 def test_builder_and_guest_agree_on_the_code_cache_path() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from google.protobuf import any_pb2
 
 from kata.protocols.pb import runtimeoptions_pb2, shim_task_pb2
 from kata.sandbox import AsyncSandbox, SandboxState
+from kata.shim import bootstrap
 from kata.shim.address import socket_address
 from kata.shim.bootstrap import _listen, can_connect
 from kata.shim.main import main
@@ -49,8 +51,21 @@ def test_start_fails_on_a_configuration_that_does_not_load(tmp_path: Path, monke
     options = runtimeoptions_pb2.Options(config_path=str(tmp_path / "missing.toml"))
     stdin(monkeypatch, any_pb2.Any(type_url="runtimeoptions.v1.Options",
                                    value=options.SerializeToString()).SerializeToString())
+    socket_file = tmp_path / "shim.sock"
+    spawned: list[int] = []
+
+    def spawn(argv: list[str], listener: socket.socket) -> int:
+        spawned.append(real_spawn(["/bin/sleep", "60"], listener))  # the daemon, spawned before the check
+        return spawned[-1]
+
+    real_spawn = bootstrap._spawn_daemon
+    monkeypatch.setattr(bootstrap, "socket_path", lambda address: str(socket_file))
+    monkeypatch.setattr(bootstrap, "_spawn_daemon", spawn)
     assert main(["-namespace", "default", "-address", "/run/c.sock", "-id", "c1", "start"]) == 1
     assert "missing.toml" in capsys.readouterr().err
+    assert spawned and not socket_file.exists() and not (tmp_path / "address").exists()
+    with pytest.raises(ChildProcessError):  # killed and reaped
+        os.waitpid(spawned[0], os.WNOHANG)
 
 
 def test_delete_with_nothing_left_prints_a_delete_response(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -98,6 +113,8 @@ def test_delete_dials_the_agent_only_for_a_pods_container(tmp_path: Path, monkey
         return FakeLoaded(calls)
 
     monkeypatch.setattr(AsyncSandbox, "load", load)
+    monkeypatch.setenv("KATA_ROOT", str(tmp_path / "run"))
+    (tmp_path / "run" / "sb").mkdir(parents=True)  # the dead daemon's sandbox left its state dir
     container_id = "app" if annotations else "sb"
     directory = bundle(tmp_path / container_id, annotations)
     assert main(["-namespace", "default", "-address", str(tmp_path / "c.sock"), "-id", container_id, "-bundle",

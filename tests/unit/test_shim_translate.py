@@ -18,7 +18,7 @@ from kata.protocols.pb import (
 )
 from kata.sandbox import SandboxLostError, SandboxNotFoundError
 from kata.sandbox.stats import stats_from_agent
-from kata.shim import translate
+from kata.shim import options, translate
 from kata.shim.pod import membership
 from kata.shim.rootfs import MS_BIND, MS_NODEV, MS_RDONLY, MS_REC, RootfsError, RootMount, parse_options
 from kata.shim.tasks import Exit, ProcessStatus, StdioPaths, TaskProcess
@@ -37,14 +37,14 @@ def packed_options(path: str, type_url: str = "runtimeoptions.v1.Options") -> an
 
 def test_config_path_from_the_any_containerd_writes_to_starts_stdin() -> None:
     data = packed_options("/etc/kata/configuration.toml").SerializeToString()
-    assert translate.config_path_from_stdin(data) == "/etc/kata/configuration.toml"
-    assert translate.config_path_from_stdin(b"") == ""
+    assert options.config_path_from_stdin(data) == "/etc/kata/configuration.toml"
+    assert options.config_path_from_stdin(b"") == ""
     prefixed = packed_options("/x.toml", "type.googleapis.com/runtimeoptions.v1.Options")
-    assert translate.config_path_from_any(prefixed) == "/x.toml"
-    assert translate.config_path_from_any(packed_options("/y", "containerd.runc.v1.Options")) == ""
-    assert translate.config_path_from_any(any_pb2.Any()) == ""
+    assert options.config_path_from_any(prefixed) == "/x.toml"
+    assert options.config_path_from_any(packed_options("/y", "containerd.runc.v1.Options")) == ""
+    assert options.config_path_from_any(any_pb2.Any()) == ""
     with pytest.raises(InvalidArgumentError):
-        translate.config_path_from_stdin(b"\xff\xff")
+        options.config_path_from_stdin(b"\xff\xff")
 
 
 def test_exec_spec_json_becomes_a_process() -> None:

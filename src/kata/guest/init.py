@@ -17,7 +17,7 @@ import time
 
 from kata.guest import codecache, lazy, linux
 from kata.guest.agent import GuestContext
-from kata.guest.channel import channel_modules, open_channel
+from kata.guest.channel import channel_modules, open_channel, unneeded_modules
 from kata.guest.cmdline import parse_cmdline
 from kata.guest.log import GuestLog
 from kata.guest.modules import ModuleLoader
@@ -125,7 +125,8 @@ def boot(log: GuestLog) -> None:
     reaper = Reaper()
     reaper.install()
     modules = ModuleLoader(log, reaper)
-    modules.start(urgent=channel_modules(options.channel_kind))
+    urgent = channel_modules(options.channel_kind)
+    modules.start(urgent=urgent, skip=unneeded_modules(options.channel_kind, transport=urgent[1]))
     # Imported while the channel's drivers load (the device also waits for QEMU meanwhile).
     lazy.defer(*lazy.UNUSED_IN_GUEST)
     codecache.install(("collections",))

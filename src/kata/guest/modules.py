@@ -91,13 +91,14 @@ class ModuleLoader:
         self.pid = 0
         self.exit_code: int | None = None
 
-    def start(self, path: str = MODULE_LIST, *, urgent: Collection[str] = ()) -> None:
+    def start(self, path: str = MODULE_LIST, *, urgent: Collection[str] = (), skip: Collection[str] = ()) -> None:
         """Fork the loader (nothing happens when the list is missing, as in a bare image).
 
         ``urgent``: the modules the agent channel needs; the ones listed after them load at low priority.
+        ``skip``: modules this VM never needs (not loaded; waiting for one returns at once).
         """
         try:
-            modules = read_module_list(path)
+            modules = [module for module in read_module_list(path) if module_name(module) not in skip]
         except OSError as exc:
             self._log.warning("no module list", path=path, error=exc)
             self.exit_code = 0

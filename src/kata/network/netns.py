@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import threading
 from collections.abc import Callable
@@ -30,11 +29,22 @@ def spec_netns(spec: Spec) -> str | None:
     return None
 
 
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
+_libc = ctypes.CDLL(None, use_errno=True)  # the process's own libc (find_library would run ldconfig -p)
+MS_BIND, MS_REC, MS_SHARED, MNT_DETACH = 0x1000, 0x4000, 0x100000, 2
+
+
+def _check(result: int) -> None:
+    if result != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
+
+
+def _setns(fd: int) -> None:
+    _check(_libc.setns(fd, CLONE_NEWNET))
+
+
+def _mount(source: bytes, target: bytes, flags: int) -> None:
+    _check(_libc.mount(source, target, b"none", ctypes.c_ulong(flags), None))
 
 
 def in_netns(path: str, step: Callable[[], T]) -> T:
@@ -72,21 +82,50 @@ def in_netns(path: str, step: Callable[[], T]) -> T:
     return outcome[0]
 
 
+def _share_netns_dir() -> None:
+    """Make /run/netns a shared mount (binding it onto itself first if it is no mount), as ``ip netns add``
+    does, so that a namespace mounted there shows in every mount namespace."""
+    os.makedirs(NETNS_DIR, mode=0o755, exist_ok=True)
+    directory = NETNS_DIR.encode()
+    try:
+        _mount(b"", directory, MS_SHARED | MS_REC)
+    except OSError:
+        _mount(directory, directory, MS_BIND | MS_REC)
+        _mount(b"", directory, MS_SHARED | MS_REC)
+
+
 def create_netns(name: str) -> str:
     """Create the named network namespace under /run/netns (as ``ip netns add``); its path.
+
+    A thread of ours unshares its network namespace and binds it to the path, then ends (no fork, and
+    none of pyroute2's import cost, 0.15-0.25 s, on a sandbox start that has no endpoint to wire).
 
     Raises:
         NetworkError: it exists or cannot be created.
     """
-    from pyroute2 import netns  # type: ignore[import-untyped]
-
     path = os.path.join(NETNS_DIR, name)
-    if os.path.exists(path):
-        raise NetworkError(f"network namespace {path} exists already")
+    failure: list[OSError] = []
+
+    def bind_new() -> None:
+        try:
+            _check(_libc.unshare(CLONE_NEWNET))
+            _mount(f"/proc/self/task/{threading.get_native_id()}/ns/net".encode(), path.encode(), MS_BIND)
+        except OSError as exc:
+            failure.append(exc)
+
     try:
-        netns.create(name)
+        _share_netns_dir()
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
+    except FileExistsError:
+        raise NetworkError(f"network namespace {path} exists already") from None
     except OSError as exc:
         raise NetworkError(f"create network namespace {name}: {exc.strerror or exc}") from exc
+    thread = threading.Thread(target=bind_new, name="kata-netns-new", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        os.unlink(path)
+        raise NetworkError(f"create network namespace {name}: {failure[0].strerror}")
     return path
 
 
@@ -96,11 +135,10 @@ def remove_netns(path: str) -> None:
     Raises:
         NetworkError: it cannot be removed.
     """
-    from pyroute2 import netns
-
     if not os.path.exists(path):
         return
     try:
-        netns.remove(os.path.basename(path))
+        _libc.umount2(path.encode(), MNT_DETACH)  # not mounted (half made): the unlink still goes
+        os.unlink(path)
     except OSError as exc:
         raise NetworkError(f"remove network namespace {path}: {exc.strerror or exc}") from exc

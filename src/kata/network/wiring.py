@@ -146,7 +146,8 @@ def wire(netns: str | None, *, model: str = "tcfilter", sandbox_id: str = "", ne
     created = False
     if netns == "" and new_netns:
         netns, created = create_netns(f"kata-{sandbox_id[:40] or os.getpid()}"), True
-    if not netns or model == "none":
+    if not netns or model == "none" or created:
+        # A namespace made just now holds only its loopback: nothing to scan (a later endpoint is hotplugged).
         return WiredNetwork(NetworkRecord(netns or "", model, created))
     wired = WiredNetwork(NetworkRecord(netns, model, created))
     try:

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -119,19 +120,44 @@ def start(flags: ShimFlags) -> int:
     os.chdir(bundle)
     config_path = ""
     if options := _read_options():
-        from kata.config import load_config
-        from kata.shim.translate import config_path_from_stdin
+        from kata.shim.options import config_path_from_stdin
         config_path = config_path_from_stdin(options)
-        load_config(config_path or None)  # a broken configuration fails here, where ctr shows it
     member = membership(flags.id, read_annotations(bundle))
     address = socket_address(flags.address, flags.namespace, member.sandbox_id)
+    daemon = 0
     if not member.joins and (listener := _listen(socket_path(address))) is not None:
         with listener:
-            pid = _spawn_daemon(_daemon_argv(flags, config_path), listener)
-        write_atomically(os.path.join(bundle, "shim.pid"), str(pid))
+            daemon = _spawn_daemon(_daemon_argv(flags, config_path), listener)
+    if options:
+        # Checked while the new daemon imports its modules (most of its start-up): a broken
+        # configuration fails here, where ctr shows it, and takes the daemon and its socket with it.
+        try:
+            _check_config(config_path)
+        except KataError:
+            if daemon:
+                _abandon(daemon, socket_path(address))
+            raise
+    if daemon:
+        write_atomically(os.path.join(bundle, "shim.pid"), str(daemon))
     write_atomically(os.path.join(bundle, "address"), address)
     sys.stdout.write(address)
     return 0
+
+
+def _check_config(config_path: str) -> None:
+    from kata.config import load_config
+
+    load_config(config_path or None)
+
+
+def _abandon(pid: int, socket_file: str) -> None:
+    """Kill and reap a daemon spawned for nothing; remove its socket."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    with contextlib.suppress(OSError):
+        os.unlink(socket_file)
 
 
 async def _cleanup(sandbox_id: str, container_id: str) -> None:
@@ -152,32 +178,40 @@ async def _cleanup(sandbox_id: str, container_id: str) -> None:
         await sandbox.detach()
 
 
+def _sandbox_left(sandbox_id: str) -> bool:
+    """Whether the sandbox still has state on this host (after a clean daemon exit it has none)."""
+    from kata.sandbox.paths import SandboxPaths, resolve_root
+
+    return SandboxPaths(resolve_root(), sandbox_id).directory.exists()
+
+
 def delete(flags: ShimFlags) -> int:
     """After a daemon died: stop its sandbox (or remove the container from its pod's), unmount the
     rootfs, and print a DeleteResponse (exit status 137). A live daemon is left alone: containerd runs
-    ``delete`` after every disconnect, also of a healthy pod's later containers."""
-    import asyncio
-
+    ``delete`` after every disconnect, also of a healthy pod's later containers, and ``ctr run --rm``
+    waits for it: when the daemon left nothing behind, nothing heavier than the response is imported."""
     from kata.log import configure
+    from kata.shim.exits import delete_response
     from kata.shim.rootfs import RootfsError, unmount_all
-    from kata.shim.tasks import Exit
-    from kata.shim.translate import delete_response
 
     configure()  # warnings on stderr: containerd logs them as cleanup warnings
     bundle = flags.bundle or os.getcwd()
     member = membership(flags.id, read_annotations(bundle))
     path = socket_path(socket_address(flags.address, flags.namespace, member.sandbox_id))
     if not can_connect(path):
-        try:
-            asyncio.run(_cleanup(member.sandbox_id, flags.id))
-        except KataError as exc:
-            _log.error("clean up %s: %s", flags.id, exc)
+        if _sandbox_left(member.sandbox_id):
+            import asyncio
+
+            try:
+                asyncio.run(_cleanup(member.sandbox_id, flags.id))
+            except KataError as exc:
+                _log.error("clean up %s: %s", flags.id, exc)
         if not member.joins:
             with contextlib.suppress(OSError):
                 os.unlink(path)
     with contextlib.suppress(RootfsError):
         unmount_all(os.path.join(bundle, "rootfs"))
-    response = delete_response(0, Exit(KILLED_EXIT_STATUS, time.time()))
+    response = delete_response(0, KILLED_EXIT_STATUS, time.time())
     sys.stdout.buffer.write(response.SerializeToString())
     sys.stdout.flush()
     return 0

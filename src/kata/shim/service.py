@@ -22,6 +22,7 @@ from kata.protocols.pb import containerd_task_types_pb2, shim_task_pb2
 from kata.sandbox import SandboxLostError
 from kata.shim import translate
 from kata.shim.backend import SandboxFactory, SandboxHandle, SandboxWatcher, create_sandbox
+from kata.shim.options import config_path_from_any
 from kata.shim.pod import membership
 from kata.shim.publisher import Publisher
 from kata.shim.rootfs import mount_all, unmount_all
@@ -146,7 +147,7 @@ class TaskService:
             self._publish(translate.oom_event(container_id))
 
     def _config(self, options: any_pb2.Any, annotations: dict[str, str]) -> Config:
-        path = translate.config_path_from_any(options) or self.config_path
+        path = config_path_from_any(options) or self.config_path
         return apply_annotations(load_config(path or None).config, annotations)
 
     # Create and its steps

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from google.protobuf import any_pb2, timestamp_pb2
-from google.protobuf.message import DecodeError, Message
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
 
 from kata.errors import ConfigError, KataError, OciError, RpcError, StateError, UsageError
 from kata.oci import Process, Resources, codec, process_from_json
@@ -21,10 +21,11 @@ from kata.protocols.pb import (
     containerd_mount_pb2,
     containerd_task_types_pb2,
     events_task_pb2,
-    runtimeoptions_pb2,
     shim_task_pb2,
 )
 from kata.sandbox import ContainerStats, SandboxLostError, SandboxNotFoundError
+from kata.shim import exits
+from kata.shim.exits import timestamp
 from kata.shim.rootfs import RootMount
 from kata.shim.tasks import Exit, ProcessStatus, StdioPaths, TaskProcess
 from kata.ttrpc.status import (
@@ -39,8 +40,6 @@ from kata.ttrpc.status import (
 __all__ = [
     "TOPICS",
     "Event",
-    "config_path_from_any",
-    "config_path_from_stdin",
     "create_event",
     "delete_event",
     "delete_response",
@@ -76,7 +75,6 @@ TOPICS = {
     events_task_pb2.TaskPaused: "/tasks/paused",
     events_task_pb2.TaskResumed: "/tasks/resumed",
 }
-RUNTIME_OPTIONS = runtimeoptions_pb2.Options.DESCRIPTOR.full_name
 # containerd's typeurl name for specs.LinuxResources: types.containerd.io/opencontainers/runtime-spec/1/LinuxResources
 LINUX_RESOURCES = "/LinuxResources"
 _STATUS = {
@@ -92,35 +90,6 @@ def _event(message: Message) -> Event:
 
 
 # requests in
-
-
-def config_path_from_any(options: any_pb2.Any) -> str:
-    """ConfigPath of runtimeoptions.v1.Options packed in ``options`` ("" for other or no options).
-
-    Raises:
-        InvalidArgumentError: the options claim to be runtime options but do not decode.
-    """
-    if options.type_url.rsplit("/", 1)[-1] != RUNTIME_OPTIONS:
-        return ""
-    try:
-        return runtimeoptions_pb2.Options.FromString(options.value).config_path
-    except DecodeError as exc:
-        raise InvalidArgumentError(f"runtime options do not decode: {exc}") from exc
-
-
-def config_path_from_stdin(data: bytes) -> str:
-    """ConfigPath from what containerd writes to ``start``'s stdin: a serialized Any of the options.
-
-    Raises:
-        InvalidArgumentError: the bytes are not an Any or the options do not decode.
-    """
-    if not data:
-        return ""
-    try:
-        options = any_pb2.Any.FromString(data)
-    except DecodeError as exc:
-        raise InvalidArgumentError(f"runtime options on stdin do not decode: {exc}") from exc
-    return config_path_from_any(options)
 
 
 def stdio_paths(request: shim_task_pb2.CreateTaskRequest | shim_task_pb2.ExecProcessRequest) -> StdioPaths:
@@ -168,14 +137,6 @@ def update_resources(message: any_pb2.Any) -> Resources:
 # responses out
 
 
-def timestamp(at: float | None) -> timestamp_pb2.Timestamp:
-    """A Timestamp of seconds since the epoch (the epoch itself for None)."""
-    stamp = timestamp_pb2.Timestamp()
-    if at is not None:
-        stamp.FromNanoseconds(int(at * 1e9))
-    return stamp
-
-
 def state_response(process: TaskProcess, bundle: str) -> shim_task_pb2.StateResponse:
     """State of a process."""
     exit = process.exit
@@ -193,7 +154,7 @@ def wait_response(exit: Exit) -> shim_task_pb2.WaitResponse:
 
 def delete_response(pid: int, exit: Exit) -> shim_task_pb2.DeleteResponse:
     """Delete's answer (also what ``delete`` prints after a dead shim)."""
-    return shim_task_pb2.DeleteResponse(pid=pid, exit_status=exit.status, exited_at=timestamp(exit.at))
+    return exits.delete_response(pid, exit.status, exit.at)
 
 
 # events out

@@ -150,6 +150,7 @@ class AsyncServer:
 
     async def _run_call(self, peer: _Peer, event: RequestReceived) -> None:
         stream_id = event.stream_id
+        started = time.monotonic()
         try:
             call = self._router.prepare(event)
             payload = await self._invoke(call)
@@ -161,7 +162,11 @@ class AsyncServer:
                 _log.exception("event=handler-failed stream=%d", stream_id)
             peer.pipe.write(peer.conn.send_response(stream_id, code, message))
         else:
-            peer.pipe.write(peer.conn.send_response(stream_id, Code.OK, "", payload))
+            code = Code.OK
+            peer.pipe.write(peer.conn.send_response(stream_id, code, "", payload))
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("event=rpc method=%s/%s code=%s ms=%.1f", event.request.service, event.request.method,
+                       Code(code).name, (time.monotonic() - started) * 1000)
         await peer.pipe.drain()
 
     async def _invoke(self, call: PreparedCall) -> bytes:
