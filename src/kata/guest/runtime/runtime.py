@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 
 from kata.errors import KataError, OciError
 from kata.guest.log import GuestLog
@@ -92,9 +93,11 @@ class ContainerRuntime:
         """
         if not _ID.fullmatch(container_id) or container_id in (".", ".."):
             raise OciError(f"container id {container_id!r}: must match {_ID.pattern}, not . or ..")
+        started = time.monotonic()
         plan = plan_container(container_id, spec, sandbox_netns=sandbox_netns)
         self._note_ignored(container_id, spec)
         self._claim(container_id)
+        planned = time.monotonic()
         try:
             container = self._launch(plan, spec)
             with self._lock:
@@ -102,7 +105,9 @@ class ContainerRuntime:
         finally:
             with self._lock:
                 self._busy.discard(container_id)
-        self.log.info("container created", container=container_id, pid=container.init.pid)
+        self.log.info("container created", container=container_id, pid=container.init.pid,
+                      plan_ms=round((planned - started) * 1000, 1),
+                      launch_ms=round((time.monotonic() - planned) * 1000, 1))
         return container.info()
 
     def _note_ignored(self, container_id: str, spec: Spec) -> None:
