@@ -191,6 +191,13 @@ def _plot(samples: list[Sample], label: str) -> Callable[[Any], None]:
     return plot
 
 
+def _toml_value(text: str) -> object:
+    """``--set`` values: integers and true/false keep their TOML type, anything else is a string."""
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return {"true": True, "false": False}.get(text, text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, runs=1)
@@ -198,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", type=int, default=128,
                         help="default_memory (and default_maxmemory) of each sandbox in MiB; 0: the defaults")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="another [hypervisor.qemu] key for the sandboxes (integers stay integers)")
+                        help="another [hypervisor.qemu] key for the sandboxes (integers, true/false keep their type)")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds idle before measuring")
     parser.add_argument("--name", default="footprint", help="result file name (docs/bench/NAME.json/.png)")
     args = parser.parse_args(argv)
@@ -207,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     keys: dict[str, object] = {"default_memory": args.memory, "default_maxmemory": args.memory} if args.memory else {}
     for item in args.set:
         key, _, value = item.partition("=")
-        keys[key] = int(value) if value.lstrip("-").isdigit() else value
+        keys[key] = _toml_value(value)
     label = ", ".join(f"{k}={v}" for k, v in keys.items()) or "default configuration"
     facts = machine_facts()
     counts = [int(c) for c in args.counts.split(",")]

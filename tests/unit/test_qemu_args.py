@@ -116,6 +116,21 @@ def test_file_and_anonymous_memory_backends() -> None:
     assert argv[argv.index("-object") + 1] == "memory-backend-ram,id=mem,size=256M"
 
 
+def test_free_page_reporting_balloon_comes_last_and_never_on_file_ram() -> None:
+    assert not any("balloon" in arg for arg in build_argv(spec()))
+    argv = build_argv(spec(free_page_reporting=True))
+    assert argv[-2:] == ["-device", "virtio-balloon-pci,id=balloon0,free-page-reporting=on"]
+    assert build_argv(spec(free_page_reporting=True, machine="microvm", max_vcpus=0, max_memory_mib=0,
+                           hotplug_ports=0))[-1] == "virtio-balloon-device,id=balloon0,free-page-reporting=on"
+    ram = build_argv(spec(free_page_reporting=True, memory_backend=MemoryBackend("ram"), devices=STANDARD))
+    assert ram[-1] == "virtio-balloon-pci,id=balloon0,free-page-reporting=on"
+    # QEMU 7.2 discards file RAM with fallocate(PUNCH_HOLE) even when mapped share=off: a clone would
+    # punch holes into its template's RAM file. Templates and clones (file RAM) get no balloon at all.
+    for backend in (MemoryBackend("file", "/dev/shm/tpl", share=True), MemoryBackend("file", "/dev/shm/tpl")):
+        argv = build_argv(spec(free_page_reporting=True, memory_backend=backend, devices=STANDARD))
+        assert not any("balloon" in arg for arg in argv)
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({"memory_backend": MemoryBackend("ram")}, "virtio-fs .vhost-user. needs a memfd or file"),
     ({"machine": "microvm", "hotplug_ports": 0}, "microvm has no memory or PCI hotplug"),
@@ -191,6 +206,10 @@ def test_spec_from_config_is_bounded_by_the_host(tmp_path: Path) -> None:
     assert micro.cpu == "host,pmu=off" and micro.tsc_khz == 2596146
     assert "tsc_early_khz=2596146" in kernel_command_line(micro)
     assert shared_fs_for(HypervisorConfig(shared_fs="none"), paths, "/x") is None
+    assert made.free_page_reporting
+    kept = vm_spec(HypervisorConfig(reclaim_guest_freed_memory=False), paths=paths, accelerator="tcg",
+                   devices=devices, host=host, name="vm")
+    assert not kept.free_page_reporting
 
 
 def test_tsc_frequency_comes_from_cpuinfo() -> None:

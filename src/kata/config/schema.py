@@ -65,6 +65,7 @@ class HypervisorConfig:
     default_maxmemory: int = option(0, minimum=0)
     memory_slots: int = option(10, minimum=1)
     file_mem_backend: str = option("")
+    reclaim_guest_freed_memory: bool = option(True)
     shared_fs: str = option("virtio-fs", choices=("virtio-fs", "virtio-9p", "none"))
     virtio_fs_daemon: str = option("/usr/lib/qemu/virtiofsd")
     virtio_fs_cache: str = option("auto", choices=("auto", "always", "none"))

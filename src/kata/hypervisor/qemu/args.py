@@ -32,10 +32,12 @@ from kata.hypervisor.qemu.qdev import (
 )
 
 __all__ = [
+    "BALLOON_ID",
     "BASE_KERNEL_PARAMS",
     "MEMORY_BACKEND_ID",
     "MemoryBackend",
     "VmSpec",
+    "balloon_options",
     "build_argv",
     "device_options",
     "kernel_command_line",
@@ -52,6 +54,7 @@ BASE_KERNEL_PARAMS = ("console=ttyS0 panic=-1 quiet cryptomgr.notests i8042.noau
                       "mitigations=off no_timer_check audit=0 apparmor=0 random.trust_cpu=on 8250.nr_uarts=1 "
                       "swiotlb=noforce")
 MEMORY_BACKEND_ID = "mem"
+BALLOON_ID = "balloon0"
 
 Option = tuple[str, str]
 
@@ -94,6 +97,7 @@ class VmSpec:
     debug: bool = False
     devices: tuple[Device, ...] = ()
     incoming: bool = False  # start with -incoming defer: the guest comes from saved state, not a boot
+    free_page_reporting: bool = False  # virtio-balloon reporting freed guest pages (see balloon_options)
 
 
 def root_port_id(index: int) -> str:
@@ -289,6 +293,22 @@ def device_options(device: Device, machine: Machine) -> list[Option]:
     return _disk_options(device, machine)
 
 
+def balloon_options(spec: VmSpec) -> list[str]:
+    """A virtio-balloon with free page reporting, when ``spec`` asks for it and its RAM may be discarded.
+
+    The guest reports free 2 MiB blocks (what the initrd unpack and the boot freed) and QEMU discards
+    them, so the host keeps only what the guest uses. Never on file-backed RAM: QEMU 7.2 discards
+    there with fallocate(PUNCH_HOLE) even on a share=off (MAP_PRIVATE) mapping, which would punch
+    holes into a template's RAM file under its clones; templates and clones therefore get no balloon
+    at all (their machines must match, and the clone identity is computed with a file backend).
+    """
+    if not spec.free_page_reporting or spec.memory_backend.kind == "file":
+        return []
+    props = {"driver": virtio_driver("virtio-balloon", spec.machine), "id": BALLOON_ID,
+             "free-page-reporting": True}
+    return ["-device", keyval(props, head="driver")]
+
+
 def build_argv(spec: VmSpec) -> list[str]:
     """The complete QEMU command line for ``spec``.
 
@@ -301,6 +321,8 @@ def build_argv(spec: VmSpec) -> list[str]:
     for device in spec.devices:
         for flag, value in device_options(device, spec.machine):
             argv += [flag, value]
+    # Last, so that it takes no PCI slot another device had before it existed.
+    argv += balloon_options(spec)
     if spec.incoming:
         # The state is fed over QMP (migrate-incoming) once x-ignore-shared is set: QEMU 7.2 has no
         # command-line switch for that capability, so the URI cannot be given here.

@@ -103,4 +103,4 @@ def vm_spec(config: HypervisorConfig, *, paths: VmPaths, accelerator: Literal["k
         hotplug_ports=HOTPLUG_PORTS if hotplug else 0,
         scsi_controller=config.block_device_driver == "virtio-scsi" or any(
             isinstance(d, BlockDevice) and d.driver == "virtio-scsi" for d in devices),
-        debug=config.enable_debug, devices=devices)
+        debug=config.enable_debug, devices=devices, free_page_reporting=config.reclaim_guest_freed_memory)
