@@ -191,7 +191,7 @@ def test_fake_records_calls_and_injects_events() -> None:
         with pytest.raises(HypervisorError, match="refused"):
             await vm.add_device(BlockDevice("/x", "d0"))
         await vm.add_device(BlockDevice("/x", "d0"))
-        assert await vm.resize_vcpus(2) == 2
+        assert await vm.resize_vcpus(1) == 1
         assert await vm.resize_memory(512) == 512
         await vm.stop()
 

@@ -157,7 +157,7 @@ def test_pause_freezes_the_guest_until_resume(tiny_initrd: str, tmp_path: Path) 
 
 
 def test_vcpus_and_memory_are_hotplugged(tiny_initrd: str, tmp_path: Path) -> None:
-    config = tiny_config(tiny_initrd, default_vcpus=1, default_maxvcpus=2, default_maxmemory=1024)
+    config = tiny_config(tiny_initrd, default_maxvcpus=2, default_maxmemory=1024)
 
     async def scenario() -> None:
         async with booted(config, tmp_path / "vm") as (vm, shell):
