@@ -107,6 +107,27 @@ def _foreign_mount(path: str, basetemp: Path) -> bool:
     return path.startswith(PYTEST_TMP_PREFIX) and not path.startswith(f"{basetemp}/")
 
 
+def _ours(pid: int) -> bool:
+    """Whether ``pid`` descends from this pytest process (a VMM, shim or daemon a test started and that
+    was not reparented)."""
+    me = os.getpid()
+    while pid > 1:
+        if pid == me:
+            return True
+        pid = _parent_of(pid)
+    return False
+
+
+def _foreign_process(pid: int, basetemp: Path) -> bool:
+    """Another pytest session's process: not ours, and its command line names that session's temporary
+    tree (its sockets, state dirs and shares live there)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return not _ours(pid) and PYTEST_TMP_PREFIX in argv and str(basetemp) not in argv
+
+
 @pytest.fixture(autouse=True)
 def no_leaks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Fail the test if it left a VMM/shim process, mount, link, netns or state dir behind."""
@@ -117,9 +138,14 @@ def no_leaks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     mounts = [m for m in leaks.pop("mounts", []) if not _foreign_mount(m, basetemp)]
     if mounts:
         leaks["mounts"] = mounts
-    for line in leaks.get("processes", []):
-        # Kill what leaked so one bad test does not fail every later one.
-        os.kill(int(line.split()[0]), signal.SIGKILL)
+    processes = [line for line in leaks.pop("processes", []) if not _foreign_process(int(line.split()[0]), basetemp)]
+    for line in processes:
+        # Kill what leaked so one bad test does not fail every later one; only ours: another session's VMM
+        # (a suite or bench running beside us) appearing meanwhile is not our leak to kill.
+        if _ours(int(line.split()[0])):
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+    if processes:
+        leaks["processes"] = processes
     if leaks:
         pytest.fail(f"test left resources behind: {leaks}", pytrace=False)
 
