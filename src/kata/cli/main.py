@@ -38,6 +38,7 @@ VERBS = {
     "image": ("image", "build the guest kernel and image"),
     "factory": ("factory", "make, show or remove the VM template (and show KSM)"),
     "timeline": ("timeline", "show a sandbox's startup timeline"),
+    "fork-server": ("fork_server", "run the fork server that starts sandbox daemons (shim_fork_server)"),
     "add-iface": ("network", "hotplug a link of a sandbox's network namespace into its VM"),
     "del-iface": ("network", "unplug an interface add-iface added"),
     "list-ifaces": ("network", "print a sandbox's guest interfaces (JSON)"),

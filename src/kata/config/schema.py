@@ -95,6 +95,8 @@ class RuntimeConfig:
     disable_new_netns: bool = option(False)
     sandbox_cgroup_only: bool = option(False)
     disable_guest_seccomp: bool = option(True)
+    # Sandbox daemons forked by `kata-runtime fork-server` (docs/shim.md); host-wide, not per pod.
+    shim_fork_server: bool = option(False, annotatable=False)
 
 
 @dataclass(frozen=True)

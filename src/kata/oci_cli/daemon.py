@@ -20,15 +20,35 @@ SHIM_SCRIPT = "containerd-shim-kata-v2"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _daemon_argv(container_id: str, config_path: str | None, debug: bool) -> list[str]:
+def _daemon_flags(container_id: str, config_path: str | None, debug: bool) -> list[str]:
+    flags = ["-namespace", NAMESPACE, "-id", container_id]
+    if debug:
+        flags.append("-debug")
+    if config_path:
+        flags += ["-config", os.path.abspath(config_path)]
+    return flags
+
+
+def _daemon_argv(flags: list[str]) -> list[str]:
     script = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), SHIM_SCRIPT)
     entry = [script] if os.path.isfile(script) else ["-m", "kata.shim"]
-    argv = [sys.executable, *entry, "-namespace", NAMESPACE, "-id", container_id]
-    if debug:
-        argv.append("-debug")
-    if config_path:
-        argv += ["-config", os.path.abspath(config_path)]
-    return argv
+    return [sys.executable, *entry, *flags]
+
+
+def _fork_from_server(flags: list[str], env: dict[str, str], paths: ContainerPaths, listener: int, log: int,
+                      *, sandbox_root: str, config_path: str | None) -> int:
+    """The daemon forked by the fork server (``shim_fork_server``; docs/shim.md); 0: spawn it here.
+
+    Raises:
+        OciCliError: the server took the request and its answer was lost.
+    """
+    from kata.shim.forkserver import ForkRequest, ForkServerError, try_fork_daemon
+
+    request = ForkRequest(argv=tuple(flags), env=env, cwd=str(paths.directory), log_fd=True)
+    try:
+        return try_fork_daemon(request, listener, root=sandbox_root, config_path=config_path, log_fd=log)
+    except ForkServerError as exc:
+        raise OciCliError(f"start the sandbox daemon: {exc}") from exc
 
 
 def _environment(sandbox_root: str) -> dict[str, str]:
@@ -74,11 +94,16 @@ def spawn_daemon(paths: ContainerPaths, *, sandbox_root: str, config_path: str |
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, log, 1),
         (os.POSIX_SPAWN_DUP2, log, 2), (os.POSIX_SPAWN_DUP2, moved, LISTEN_FD)]
     actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds({moved, log, LISTEN_FD})]
-    argv = _daemon_argv(paths.container_id, config_path, debug)
+    flags = _daemon_flags(paths.container_id, config_path, debug)
+    env = _environment(sandbox_root)
     cwd = os.getcwd()
     try:
+        if pid := _fork_from_server(flags, env, paths, moved, log, sandbox_root=sandbox_root,
+                                    config_path=config_path):
+            return pid
+        argv = _daemon_argv(flags)
         os.chdir(paths.directory)  # the shim daemon looks for containerd's "log" FIFO in its cwd
-        return os.posix_spawn(argv[0], argv, _environment(sandbox_root), file_actions=actions, setsid=True)
+        return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
     except OSError as exc:
         raise OciCliError(f"start the sandbox daemon: {exc.strerror or exc}") from exc
     finally:

@@ -106,6 +106,26 @@ def _spawn_daemon(argv: list[str], listener: socket.socket) -> int:
             os.close(moved)
 
 
+def fork_server_socket() -> str:
+    """Where the fork server listens (``kata.shim.forkserver.server_socket()``, without importing it)."""
+    return os.path.join(os.environ.get("KATA_ROOT") or "/run/kata", "fork-server.sock")
+
+
+def _start_daemon(argv: list[str], listener: socket.socket, config_path: str) -> int:
+    """Forked by the fork server when ``shim_fork_server`` is on and one answers (docs/shim.md), else
+    spawned; its pid."""
+    if not os.path.exists(fork_server_socket()):
+        return _spawn_daemon(argv, listener)  # one stat: no server module, no configuration read
+    from kata.shim.forkserver import ForkRequest, ForkServerError, try_fork_daemon
+
+    request = ForkRequest(argv=tuple(argv[2:]), env=dict(os.environ), cwd=os.getcwd())
+    try:
+        pid = try_fork_daemon(request, listener.fileno(), root=None, config_path=config_path)
+    except ForkServerError as exc:
+        raise ShimStartError(f"start the shim daemon: {exc}") from exc
+    return pid or _spawn_daemon(argv, listener)
+
+
 def start(flags: ShimFlags) -> int:
     """Print the address of the daemon serving this task: a pod's sandbox's, or a new one's.
 
@@ -127,7 +147,7 @@ def start(flags: ShimFlags) -> int:
     daemon = 0
     if not member.joins and (listener := _listen(socket_path(address))) is not None:
         with listener:
-            daemon = _spawn_daemon(_daemon_argv(flags, config_path), listener)
+            daemon = _start_daemon(_daemon_argv(flags, config_path), listener, config_path)
     if options:
         # Checked while the new daemon imports its modules (most of its start-up): a broken
         # configuration fails here, where ctr shows it, and takes the daemon and its socket with it.
