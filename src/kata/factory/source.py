@@ -11,25 +11,39 @@ import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING
 
 from kata.agent import AgentClient
 from kata.agent.types import Interface
 from kata.config import Config
-from kata.errors import FactoryError, NotImplementedYetError
+from kata.errors import FactoryError, RpcError
 from kata.factory.template import Template, key_files, prepared_vm, template_key
-from kata.hypervisor import SHARED_FS_TAG, Hypervisor, MemoryImage, SharedFs, new_hypervisor, shared_fs_for
+from kata.hypervisor import (
+    SHARED_FS_TAG,
+    Adoptable,
+    Hypervisor,
+    MemoryImage,
+    SharedFs,
+    Templatable,
+    new_hypervisor,
+    shared_fs_for,
+)
 from kata.hypervisor.accel import choose_accelerator
 from kata.hypervisor.devices import Device
 from kata.log import fields
 
-__all__ = ["DirectSource", "TemplateSource", "VmRequest", "VmSource", "copy_sparse", "vm_source"]
+if TYPE_CHECKING:
+    from kata.factory.cache import CachedVm
+
+__all__ = ["CacheSource", "DirectSource", "TemplateSource", "VmRequest", "VmSource", "copy_sparse", "vm_source"]
 
 _log = logging.getLogger("kata.factory")
 RANDOM_SEED_BYTES = 512  # what the host gives each clone's CRNG (clones share the template's state)
 # A hotplugged virtio-fs device is probed by the guest a moment after device_add; until then mounting
 # its tag fails with ENOENT (NOT_FOUND). This bounds how long CreateSandbox retries.
 SHARE_WAIT = 10.0
+# How long a sandbox waits for the cache server to hand a VM over (it waits for one being booted).
+GET_VM_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True)
@@ -47,9 +61,20 @@ class VmRequest:
 class VmSource(abc.ABC):
     """Gives a sandbox a started VM; per-sandbox facts are applied after the VM exists."""
 
-    name: ClassVar[str]
+    name: str  # what state.json records as the VM's source
     share_wait: float = 0.0  # how long CreateSandbox may wait for the shared fs to appear
-    nics_hotplugged: ClassVar[bool] = False  # the guest must wait for its NICs (UpdateInterface device_path)
+    nics_hotplugged: bool = False  # the guest must wait for its NICs (UpdateInterface device_path)
+
+    async def claim_workdir(self, workdir: Path, sandbox_id: str) -> tuple[tuple[int, int], ...] | None:
+        """Make ``workdir`` (the sandbox's state dir-to-be, with ``shared/`` a shared bind mount) from a VM
+        that lives there already, and return that VM's processes as (pid, start time), VMM first, for
+        the caller to register their undo; None when the caller makes the dir (every source but the cache).
+
+        Raises:
+            FactoryError: the VM could not be taken over.
+        """
+        del workdir, sandbox_id
+        return None
 
     @abc.abstractmethod
     async def start(self, stack: AsyncExitStack, request: VmRequest) -> Hypervisor:
@@ -157,14 +182,87 @@ class TemplateSource(VmSource):
         await agent.reseed_random_dev(os.urandom(RANDOM_SEED_BYTES))
 
 
-def vm_source(config: Config, *, host_mode: bool = False) -> VmSource:
-    """The source ``[factory]`` selects: the template with ``enable_template``, else a cold boot.
-
-    Raises:
-        NotImplementedYetError: ``vm_cache_number`` asks for the VM cache.
+class CacheSource(VmSource):
+    """A VM booted ahead of time by the VM cache server (``vm_cache_endpoint``), taken over: its dir becomes
+    the sandbox's state dir, its processes ours (:mod:`kata.factory.cache`). When the server does not
+    answer, refuses (a VM of another shape) or has none ready in time, ``fallback`` (the template or a cold
+    boot) gives the VM instead, with a warning.
     """
+
+    def __init__(self, config: Config, fallback: VmSource) -> None:
+        from kata.factory.cache import VmCacheClient, cache_base
+
+        self.config = config
+        self.fallback = fallback
+        self.client = VmCacheClient(config.factory.vm_cache_endpoint)
+        self.base = cache_base(config)
+        self.claimed: CachedVm | None = None
+        self.name = fallback.name
+        self.nics_hotplugged = fallback.nics_hotplugged
+        self.share_wait = fallback.share_wait
+
+    async def claim_workdir(self, workdir: Path, sandbox_id: str) -> tuple[tuple[int, int], ...] | None:
+        """See :meth:`VmSource.claim_workdir`: GetVm from the cache server (None: it gave none)."""
+        from kata.factory.cache import cache_shape, shape_key
+
+        key = shape_key(await cache_shape(self.config, workdir), self.config)
+        try:
+            cached = await self.client.get_vm(key, workdir, sandbox_id, timeout=GET_VM_TIMEOUT)
+        except (RpcError, OSError, TimeoutError) as exc:
+            why = "no answer" if isinstance(exc, TimeoutError) else str(exc)
+            _log.warning("vm cache %s: %s; using a %s VM", self.client.endpoint, why, self.fallback.name,
+                         extra=fields(sandbox=sandbox_id))
+            return None
+        self.claimed = cached
+        self.name, self.nics_hotplugged = "cache", True
+        self.share_wait = SHARE_WAIT if self._share_hotplugged() else 0.0
+        _log.info("vm taken from the cache", extra=fields(sandbox=sandbox_id, vm=cached.vm_id,
+                                                           pids=[p for p, _ in cached.processes]))
+        return cached.processes
+
+    def _share_hotplugged(self) -> bool:
+        # A clone of a virtio-fs template has no share (vhost-user-fs blocks migration): it is hotplugged.
+        return self.base == "template" and self.config.hypervisor.shared_fs == "virtio-fs"
+
+    async def start(self, stack: AsyncExitStack, request: VmRequest) -> Hypervisor:
+        """See :meth:`VmSource.start`: adopt the claimed VM, then hotplug what it lacks; else the fallback."""
+        from kata.factory.cache import cache_shape, clone_memory_image
+
+        if self.claimed is None:
+            return await self.fallback.start(stack, request)
+        vm = await cache_shape(request.config, request.workdir)
+        if not isinstance(vm, Adoptable):
+            raise FactoryError(f"hypervisor {request.config.hypervisor_name} cannot take a cached VM over")
+        image = clone_memory_image(request.config, request.workdir)
+        if image is not None:
+            assert isinstance(vm, Templatable)
+            vm.use_memory_image(image)
+        vm.sandbox_id = request.sandbox_id
+        stack.push_async_callback(vm.stop)
+        await vm.adopt(self.claimed.processes)
+        if self._share_hotplugged() and request.shared_dir is not None:
+            await vm.add_device(SharedFs(SHARED_FS_TAG, str(request.shared_dir), "virtio-fs",
+                                         str(vm.paths.virtiofsd_socket)))
+        for nic in request.nics:
+            await vm.add_device(nic)
+        return vm
+
+    async def prime(self, agent: AgentClient) -> None:
+        """See :meth:`VmSource.prime`: a cached VM's clock and CRNG may be a template's (and its clock has
+        run in a paused template): set both from the host, as for a clone."""
+        if self.claimed is None:
+            await self.fallback.prime(agent)
+            return
+        await agent.set_guest_date_time(time.time())
+        await agent.reseed_random_dev(os.urandom(RANDOM_SEED_BYTES))
+
+
+def vm_source(config: Config, *, host_mode: bool = False) -> VmSource:
+    """The source ``[factory]`` selects: the VM cache with ``vm_cache_number`` (falling back to what
+    follows), the template with ``enable_template``, else a cold boot."""
+    if host_mode:
+        return DirectSource()
+    source: VmSource = TemplateSource(config) if config.factory.enable_template else DirectSource()
     if config.factory.vm_cache_number:
-        raise NotImplementedYetError("[factory] vm_cache_number: the VM cache is not implemented yet (set it to 0)")
-    if config.factory.enable_template and not host_mode:
-        return TemplateSource(config)
-    return DirectSource()
+        return CacheSource(config, source)
+    return source

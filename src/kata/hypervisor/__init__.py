@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kata.hypervisor.base import (
     SHARED_FS_TAG,
+    Adoptable,
     Capabilities,
     EventCallback,
     Hypervisor,
@@ -32,6 +33,7 @@ __all__ = [
     "AGENT_PORT_NAME",
     "SHARED_FS_TAG",
     "VSOCK_AGENT_PORT",
+    "Adoptable",
     "AgentChannel",
     "BlockDevice",
     "Capabilities",

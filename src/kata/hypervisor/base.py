@@ -17,6 +17,7 @@ from kata.log import fields
 
 __all__ = [
     "SHARED_FS_TAG",
+    "Adoptable",
     "Capabilities",
     "EventCallback",
     "Hypervisor",
@@ -129,6 +130,28 @@ class Templatable(Protocol):
         Raises:
             StateError: the VM is not running or paused, or has no shared memory image.
             HypervisorError: the VMM refused or did not finish within ``timeout`` s (the VM is stopped).
+        """
+
+
+@runtime_checkable
+class Adoptable(Protocol):
+    """A driver that can take over a running VM another process started and handed over (the VM cache)."""
+
+    async def adopt(self, processes: Sequence[tuple[int, int]], timeout: float = 10.0) -> None:
+        """Take over the running VM of ``processes`` (pid, start time: VMM first, then helpers), started
+        by another process from the same prepared shape, its host files now in this VM's workdir
+        (after prepare; the VM is then running and stopped by :meth:`Hypervisor.stop`).
+
+        Raises:
+            StateError: unless prepared.
+            HypervisorError: a process is gone or the VMM does not answer (the VM is stopped then).
+        """
+
+    async def detach(self) -> None:
+        """Release the VMM and helpers without stopping them, for another process to adopt.
+
+        Raises:
+            StateError: the VM is not running or paused.
         """
 
 

@@ -4,7 +4,8 @@ A child runs in its own session with stdin/stdout on /dev/null and stderr append
 watched through a pidfd rather than an asyncio child transport: nothing ties its life to ours, so a
 sandbox's VM can be handed to another process (:meth:`ChildProcess.release`) and outlive this one. An
 asyncio transport would kill the child when its event loop closes, and a stderr pipe would break when
-the reading process went away.
+the reading process went away. The process that takes such a VM over watches it with
+:func:`adopt` (a pidfd works on any process, not only on a child).
 """
 
 from __future__ import annotations
@@ -22,42 +23,61 @@ from pathlib import Path
 from kata.errors import HypervisorError
 from kata.log import fields
 
-__all__ = ["ChildProcess", "spawn"]
+__all__ = ["ChildProcess", "adopt", "proc_stat", "spawn"]
 
 _log = logging.getLogger("kata.hypervisor.process")
 _TAIL_LINES = 20
 _TAIL_BYTES = 8192
 
 
-class ChildProcess:
-    """A spawned child: its pid, exit status, the tail of its stderr log, and escalating termination."""
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """``pid``'s state letter and start time (clock ticks since boot) from /proc, or None when there is
+    no such process. The start time tells a process from a later one that got the same pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    values = text.rpartition(")")[2].split()
+    return values[0], int(values[19])  # state (field 3), starttime (field 22)
 
-    def __init__(self, name: str, popen: subprocess.Popen[bytes], log_path: Path, sandbox_id: str) -> None:
+
+class ChildProcess:
+    """A supervised process: its pid, exit status, the tail of its stderr log, and escalating termination.
+
+    Made by :func:`spawn` (our child) or :func:`adopt` (another process's child: its exit status is not
+    ours to read and is reported as 0).
+    """
+
+    def __init__(self, name: str, popen: subprocess.Popen[bytes] | None, log_path: Path, sandbox_id: str, *,
+                 pid: int = 0, pidfd: int | None = None) -> None:
         self.name = name
         self.log_path = log_path
         self._popen = popen
+        self._pid = popen.pid if popen is not None else pid
+        self._returncode: int | None = None
+        self._released = False
         self._sandbox_id = sandbox_id
         self._loop = asyncio.get_running_loop()
         self._exited: asyncio.Future[int] = self._loop.create_future()
         self._last_words = ""  # the stderr tail as it was at exit: the log file may be gone by the time it is read
-        self._pidfd: int | None = os.pidfd_open(popen.pid)  # works on a zombie too: never missed
+        # A pidfd works on a zombie too, so the exit is never missed.
+        self._pidfd: int | None = pidfd if pidfd is not None else os.pidfd_open(self._pid)
         self._loop.add_reader(self._pidfd, self._on_exit)
 
     @property
     def pid(self) -> int:
-        """The child's pid."""
-        return self._popen.pid
+        """The process's pid."""
+        return self._pid
 
     @property
     def returncode(self) -> int | None:
-        """Exit status once reaped (negative: killed by that signal), else None."""
-        return self._popen.returncode
+        """Exit status once it ended (negative: killed by that signal; 0 for an adopted one), else None."""
+        return self._returncode
 
     def alive(self) -> bool:
-        """Whether the child has not been reaped yet (a released child counts as alive while it runs)."""
-        if self._pidfd is None and not self._exited.done():
-            return self._popen.poll() is None
-        return self._popen.returncode is None
+        """Whether the process has not ended yet (a released child counts as alive while it runs)."""
+        return self._returncode is None
 
     def stderr_tail(self) -> str:
         """The last lines the child wrote to stderr."""
@@ -81,7 +101,9 @@ class ChildProcess:
 
     def _on_exit(self) -> None:
         self._unwatch()
-        code = self._popen.wait()  # the pidfd is readable: the child has exited, this does not block
+        # The pidfd is readable: the process has exited, so reaping our child does not block.
+        code = self._popen.wait() if self._popen is not None else 0
+        self._returncode = code
         self._last_words = self._read_tail()
         if not self._exited.done():
             self._exited.set_result(code)
@@ -93,13 +115,13 @@ class ChildProcess:
         Raises:
             HypervisorError: the child was released (another process owns it now).
         """
-        if self._pidfd is None and not self._exited.done():
+        if self._released and not self._exited.done():
             raise HypervisorError(f"{self.name} (pid {self.pid}) was handed over: it cannot be waited for here")
         return await asyncio.shield(self._exited)
 
     def send_signal(self, signum: int) -> None:
-        """Signal the child (nothing if it is already gone or was released)."""
-        if self._pidfd is not None and self._popen.returncode is None:
+        """Signal the process (nothing if it is already gone or was released)."""
+        if self._pidfd is not None and not self._released and self._returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._pidfd, signum)
 
@@ -120,9 +142,10 @@ class ChildProcess:
         return await self.wait()
 
     def release(self) -> None:
-        """Stop watching the child and let it run on after this process exits (it is never signalled or
-        waited for through this object again; its new owner goes by pid and pidfd)."""
-        self._unwatch()
+        """Hand the process over: it runs on after this process exits and is never signalled or waited
+        for through this object again (its new owner goes by pid and pidfd). A child of ours is still
+        reaped here when it ends, so a long-lived parent (the VM cache) collects no zombies."""
+        self._released = True
 
 
 async def spawn(argv: Sequence[str], *, name: str, log_path: Path, pass_fds: Sequence[int] = (),
@@ -146,3 +169,21 @@ async def spawn(argv: Sequence[str], *, name: str, log_path: Path, pass_fds: Seq
         os.close(log)
     _log.info("started %s", name, extra=fields(sandbox=sandbox_id, pid=popen.pid, argv=" ".join(argv)))
     return ChildProcess(name, popen, log_path, sandbox_id)
+
+
+def adopt(pid: int, start_time: int, *, name: str, log_path: Path, sandbox_id: str = "") -> ChildProcess:
+    """Supervise ``pid``, a process another one started (a VM handed over), if it is still the process
+    that started at ``start_time`` (clock ticks since boot, as /proc says).
+
+    Raises:
+        HypervisorError: there is no such process any more (or the pid now names another one).
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as exc:
+        raise HypervisorError(f"adopt {name} (pid {pid}): {os.strerror(exc.errno or 0)}") from exc
+    found = proc_stat(pid)  # checked after the pidfd is open: the pidfd cannot move to another process
+    if found is None or found[0] == "Z" or found[1] != start_time:
+        os.close(pidfd)
+        raise HypervisorError(f"adopt {name} (pid {pid}): the process is gone")
+    return ChildProcess(name, None, log_path, sandbox_id, pid=pid, pidfd=pidfd)

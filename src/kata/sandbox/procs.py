@@ -9,24 +9,15 @@ import signal
 import time
 from collections.abc import Sequence
 
+from kata.hypervisor.process import proc_stat
 from kata.sandbox.records import ProcessRef
 
 __all__ = ["is_alive", "process_ref", "send_signal", "terminate", "wait_gone"]
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            text = fh.read()
-    except OSError:
-        return None
-    fields = text.rpartition(")")[2].split()
-    return fields[0], int(fields[19])  # state (field 3), starttime (field 22)
-
-
 def process_ref(pid: int) -> ProcessRef | None:
     """The live process ``pid`` with its start time, or None when there is none."""
-    found = _stat(pid)
+    found = proc_stat(pid)
     return None if found is None or found[0] == "Z" else ProcessRef(pid, found[1])
 
 

@@ -150,9 +150,9 @@ class AsyncSandbox:
         shared_storage(shared_fs, options.guest, str(paths.shared), SHARED_FS_TAG)  # fail before booting
         try:
             async with AsyncExitStack() as stack:
-                make_state_dir(stack, paths)
-                network = await wire_network(stack, config, paths, options)
                 source = vm_source(config, host_mode=options.guest.host_mode)
+                await make_state_dir(stack, paths, source)
+                network = await wire_network(stack, config, paths, options)
                 hypervisor = await start_vm(stack, source, config, paths, options,
                                             nics=network.devices if network else ())
                 if network is not None:

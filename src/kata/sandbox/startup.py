@@ -17,11 +17,15 @@ from kata.network import NetworkInfo, WiredNetwork, unwire, wire
 from kata.sandbox.errors import SandboxError
 from kata.sandbox.mounts import make_shared, remove_tree, unmount
 from kata.sandbox.paths import VM_LAYOUT, GuestLayout, SandboxPaths
+from kata.sandbox.procs import terminate
+from kata.sandbox.records import ProcessRef
 from kata.sandbox.requests import sandbox_request, shared_storage
 from kata.ttrpc.status import NotFoundError
 
 __all__ = ["SandboxOptions", "connect_agent", "create_in_guest", "guest_network", "make_state_dir", "resolve_config",
            "start_vm", "wire_network"]
+
+CLAIMED_VM_GRACE = 3.0  # SIGTERM to SIGKILL for a claimed VM whose adoption failed
 
 
 @dataclass(frozen=True)
@@ -46,14 +50,27 @@ def resolve_config(config: Config | LoadedConfig | None) -> Config:
     return config.config if isinstance(config, LoadedConfig) else config
 
 
-def make_state_dir(stack: AsyncExitStack, paths: SandboxPaths) -> None:
-    """Create the state dir and the shared dir (a shared mount); undo: unmount, remove both.
+async def make_state_dir(stack: AsyncExitStack, paths: SandboxPaths, source: VmSource) -> None:
+    """Create the state dir and the shared dir (a shared mount), or take both over with a cached VM that
+    ``source`` claims (its processes are stopped first on undo); undo: unmount, remove both.
 
     Raises:
         SandboxError: the sandbox exists already, or a directory or mount cannot be made.
+        FactoryError: a cached VM could not be taken over.
     """
     try:
         paths.root.mkdir(parents=True, exist_ok=True, mode=0o711)
+    except OSError as exc:
+        raise SandboxError(f"create {paths.root}: {exc.strerror}", sandbox_id=paths.sandbox_id) from exc
+    if not paths.directory.exists():  # an existing sandbox is refused below, not handed a VM
+        processes = await source.claim_workdir(paths.directory, paths.sandbox_id)
+        if processes is not None:
+            stack.callback(remove_tree, paths.directory)
+            stack.callback(unmount, paths.shared)
+            refs = tuple(ProcessRef(pid, start) for pid, start in processes)
+            stack.push_async_callback(terminate, refs, CLAIMED_VM_GRACE)  # if the VM is never adopted
+            return
+    try:
         paths.directory.mkdir(mode=0o750)
     except FileExistsError as exc:
         raise SandboxError(f"sandbox {paths.sandbox_id} already exists ({paths.directory})",

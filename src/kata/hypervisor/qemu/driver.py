@@ -18,7 +18,7 @@ from kata.errors import HypervisorError, StateError
 from kata.hypervisor.accel import choose_accelerator
 from kata.hypervisor.base import Capabilities, Hypervisor, MemoryImage, VmEvent, with_standard_devices
 from kata.hypervisor.devices import AgentChannel, Device, NetDevice, SharedFs
-from kata.hypervisor.process import ChildProcess, spawn
+from kata.hypervisor.process import ChildProcess, adopt, spawn
 from kata.hypervisor.qemu.args import MemoryBackend, VmSpec, build_argv, single_threaded_tcg, uses_vhost_user
 from kata.hypervisor.qemu.hotplug import DeviceManager, PortPool
 from kata.hypervisor.qemu.qmp import QmpClient, QmpEvent
@@ -182,14 +182,18 @@ class QemuHypervisor(Hypervisor):
         stack.push_async_callback(self._join_watcher)
         fds = [fd for d in spec.devices if isinstance(d, NetDevice) for fd in d.tap_fds]
         stack.callback(_unlink, self.paths.qemu_log)
-        self._qemu = qemu = await spawn(argv, name="qemu", log_path=self.paths.qemu_log, pass_fds=fds,
-                                        sandbox_id=self.sandbox_id)
+        qemu = await spawn(argv, name="qemu", log_path=self.paths.qemu_log, pass_fds=fds, sandbox_id=self.sandbox_id)
+        await self._take_control(stack, spec, qemu)
+        if self._image is not None and self._image.restore_from:
+            await self._restore(self._image.restore_from)
+
+    async def _take_control(self, stack: AsyncExitStack, spec: VmSpec, qemu: ChildProcess) -> None:
+        """Watch ``qemu``, open the QMP session and the hotplug/resize controllers; undo: shut it down."""
+        self._qemu = qemu
         stack.push_async_callback(self._shutdown_qemu, qemu)
         self._watcher = asyncio.get_running_loop().create_task(self._watch_exit(qemu), name="qemu-exit")
         await self._qmp.connect(str(self.paths.qmp_socket), alive=qemu.alive)
         stack.callback(self._qmp.on_event(self._on_qmp_event))
-        if self._image is not None and self._image.restore_from:
-            await self._restore(self._image.restore_from)
         self._attach_controllers(spec)
 
     async def _restore(self, state_path: str) -> None:
@@ -326,6 +330,50 @@ class QemuHypervisor(Hypervisor):
             await self._qmp.close()  # QEMU's monitor takes one client at a time: free it for the new owner
             self._life.move(VmState.DETACHED)
             _log.info("vm detached", extra=self._fields(pids=list(self.pids())))
+
+    async def adopt(self, processes: Sequence[tuple[int, int]], timeout: float = 10.0) -> None:
+        """See :class:`kata.hypervisor.base.Adoptable`: take over a running VM that another process started
+        from the same prepared shape and handed over (:meth:`detach`), its files now in this VM's workdir.
+
+        Raises:
+            StateError: unless prepared.
+            HypervisorError: a process is gone, or QMP does not answer within ``timeout`` s (the VM is
+                stopped then: it is ours once adopted).
+        """
+        self._life.require("start")
+        if not processes:
+            raise HypervisorError("adopt vm: no VMM process")
+        spec = self.spec
+        try:
+            async with AsyncExitStack() as stack:
+                channel = self.agent
+                for path in (self.paths.qmp_socket, self.paths.qemu_log,
+                             *([Path(channel.socket_path)] if channel.transport == "serial" else [])):
+                    stack.callback(_unlink, path)
+                stack.push_async_callback(self._qmp.close)
+                stack.push_async_callback(self._join_watcher)
+                (qemu_pid, qemu_start), *helpers = processes
+                for pid, start in helpers:  # virtiofsd leaves by itself once QEMU is gone; SIGTERM if not
+                    helper = adopt(pid, start, name="virtiofsd", log_path=Path(f"{self.paths.virtiofsd_socket}.log"),
+                                   sandbox_id=self.sandbox_id)
+                    self._helpers.append(helper)
+                    stack.push_async_callback(helper.terminate, 2.0)
+                qemu = adopt(qemu_pid, qemu_start, name="qemu", log_path=self.paths.qemu_log,
+                             sandbox_id=self.sandbox_id)
+                async with asyncio.timeout(timeout):
+                    await self._take_control(stack, spec, qemu)
+                self._resources = stack.pop_all()
+        except TimeoutError as exc:
+            self._life.move(VmState.STOPPED)
+            raise HypervisorError(f"adopt vm: QMP did not answer within {timeout:g} s") from exc
+        except HypervisorError as exc:
+            self._life.move(VmState.STOPPED)
+            raise HypervisorError(f"adopt vm: {exc}") from exc
+        except BaseException:
+            self._life.move(VmState.STOPPED)
+            raise
+        self._life.move(VmState.RUNNING)
+        _log.info("vm adopted", extra=self._fields(pids=list(self.pids()), machine=spec.machine))
 
     def clone_identity(self) -> str:
         """See :class:`kata.hypervisor.base.Templatable`: the command line, host paths below the workdir and

@@ -1,0 +1,1 @@
+"""Generated protobuf code of the VM cache service (protos/kata/factory/pb)."""
