@@ -128,7 +128,8 @@ def test_a_sandbox_of_another_shape_boots_its_own_and_destroy_stops_the_server(
     config = cache_config("virtio-fs", tmp_path)
     server = start_server(serve, config, tmp_path)
     wait_ready(config, server)
-    other = replace(config, hypervisor=replace(config.hypervisor, default_memory=config.hypervisor.default_memory + 128))
+    bigger = config.hypervisor.default_memory + 128
+    other = replace(config, hypervisor=replace(config.hypervisor, default_memory=bigger))
     with Sandbox.create(other, sandbox_id="own", root=tmp_path / "root") as sb:
         assert sb.inner.record.vm.source == "direct"
         assert run_in(sb, make_bundle(tmp_path / "bundle", "true"), "c1") == ""
