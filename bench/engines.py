@@ -7,7 +7,8 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,42 @@ def containerd() -> Iterator[Ctr]:
                 for line in subprocess.run(ctr.argv("container", "ls", "-q"), capture_output=True, text=True,
                                            check=False).stdout.split():
                     ctr.remove(line)
+
+
+@contextlib.contextmanager
+def vm_cache(config_path: Path, endpoint: Path, timeout: float = 180.0) -> Iterator[Callable[[], None]]:
+    """``kata-runtime factory init`` serving the VM cache of ``config_path`` (its endpoint ``endpoint``); yields
+    a function that waits until the cache is full again and nothing boots (so a refill never runs beside
+    a measured start). The server is stopped (SIGTERM: it stops its VMs) on exit."""
+    import asyncio
+
+    from kata.factory.cache import VmCacheClient
+
+    server = subprocess.Popen([str(KATA_RUNTIME), "--kata-config", str(config_path), "factory", "init"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def full() -> bool:
+        try:
+            status = asyncio.run(VmCacheClient(str(endpoint)).status())
+        except Exception:  # not serving yet
+            return False
+        return status.ready == status.number and status.booting == 0
+
+    def wait_full() -> None:
+        deadline = time.monotonic() + timeout
+        while not full():
+            if server.poll() is not None:
+                raise RuntimeError(f"vm cache server exited {server.returncode}: {server.communicate()[1][-500:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vm cache not full within {timeout:g} s")
+            time.sleep(0.1)
+
+    try:
+        wait_full()
+        yield wait_full
+    finally:
+        server.terminate()
+        server.communicate(timeout=60)
 
 
 def bench_config(directory: Path, hypervisor: Mapping[str, object] | None = None,

@@ -1,12 +1,14 @@
-"""VM factory: /bin/true from a cold boot vs from a template clone, and host PSS per sandbox at N clones (+KSM).
+"""VM factory: /bin/true cold vs from a template clone vs from the VM cache; host PSS per sandbox at N clones (+KSM).
 
 Usage: flock /tmp/pykata-vm.lock .venv/bin/python bench/factory.py [--runs 3] [--count 10]
        [--shared-fs virtio-9p|virtio-fs] [--ksm-settle 40] [--no-write]
 
 Start latency: through the sandbox library (what the shim and the OCI CLI call), from ``create`` to the
-exit status of ``/bin/true`` in a container, sandbox deleted after each run (not timed). Cold and template
-runs alternate, so a noisy host hits both alike; the template is made once before (not timed: its cost is
-shown apart). The ratio compares medians of this run only.
+exit status of ``/bin/true`` in a container, sandbox deleted after each run (not timed); then the same
+through ``ctr run --rm`` and ``kata-runtime run``. Cold, template and cache runs alternate, so a noisy host
+hits all alike; the template is made once before (not timed: its cost is shown apart); the VM cache
+(``kata-runtime factory init``, one cold-booted VM) is full and idle before every run of any kind, so its
+refill never competes with a measured start. The ratio compares medians of this run only.
 
 Footprint: ``--count`` idle template sandboxes in one process (the library: no shim daemon per sandbox;
 an idle daemon adds ~15 MiB PSS each, see docs/factory.md); after 10 s the PSS (/proc/PID/smaps_rollup)
@@ -22,12 +24,13 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from common import add_common_args, machine_facts, print_facts, print_table, progress, pss_kib, write_results
-from engines import KATA_RUNTIME, bench_config, containerd, oci_cli_available, run_quiet
+from engines import KATA_RUNTIME, bench_config, containerd, oci_cli_available, run_quiet, vm_cache
 from tests.agent.sandbox_support import make_bundle
 
 from kata.config import Config, load_config
@@ -58,20 +61,31 @@ async def true_once(config: Config, root: Path, bundle: Path, name: str) -> floa
     return elapsed
 
 
+KINDS = ("cold", "template", "cache")
+
+
 def config_files(args: argparse.Namespace, work: Path) -> dict[str, Path]:
-    """The cold and template configurations as files, for the shim (ctr) and the OCI CLI."""
+    """The cold, template and VM cache configurations as files (the library, the shim, the OCI CLI and the
+    cache server read them). The cache holds cold-booted VMs (``enable_template = false``)."""
     hypervisor: dict[str, object] = {"shared_fs": args.shared_fs}
     if args.shared_fs == "virtio-9p":
         hypervisor.update(kernel=str(GENERIC / "vmlinux"), initrd=str(GENERIC / "kata-initrd.img"), accelerator="tcg")
     return {kind: bench_config(work / f"config-{kind}", hypervisor=hypervisor,
-                               factory={"enable_template": kind == "template",
-                                        "template_path": str(work / "template")})
-            for kind in ("cold", "template")}
+                               factory={"enable_template": kind == "template", "template_path": str(work / "template"),
+                                        "vm_cache_number": 1 if kind == "cache" else 0,
+                                        "vm_cache_endpoint": str(work / "cache.sock")})
+            for kind in KINDS}
 
 
-def engine_latency(args: argparse.Namespace, work: Path, bundle: Path) -> dict[str, dict[str, list[float]]]:
-    """/bin/true through ``ctr run --rm`` (our shim) and ``kata-runtime run``, cold and from the template."""
-    files = config_files(args, work)
+def ratio_rows(way: str, kinds: dict[str, list[float]]) -> list[list[str]]:
+    cold = statistics.median(kinds["cold"])
+    return [[way, kind, f"{statistics.median(values):.2f}", f"{min(values):.2f}", f"{max(values):.2f}",
+             f"{statistics.median(values) / cold:.3f}x"] for kind, values in kinds.items()]
+
+
+def engine_latency(args: argparse.Namespace, work: Path, bundle: Path, files: dict[str, Path],
+                   settle: Callable[[], None]) -> dict[str, dict[str, list[float]]]:
+    """/bin/true through ``ctr run --rm`` (our shim) and ``kata-runtime run``: cold, template, VM cache."""
     samples: dict[str, dict[str, list[float]]] = {}
     with containerd() as ctr:
         ways: list[tuple[str, Any]] = [("ctr", lambda kind, name: ctr.run_argv(
@@ -81,43 +95,38 @@ def engine_latency(args: argparse.Namespace, work: Path, bundle: Path) -> dict[s
                                                         "--root", str(work / "oci"), "run", "--bundle",
                                                         str(bundle), name]))
         for way, argv in ways:
-            samples[way] = {"cold": [], "template": []}
+            samples[way] = {kind: [] for kind in KINDS}
             for run in range(args.runs):
-                for kind in ("cold", "template"):
+                for kind in KINDS:
+                    settle()
                     started = time.monotonic()
                     run_quiet(argv(kind, f"{way[:3].lower()}-{kind}-{run}"))
                     samples[way][kind].append(time.monotonic() - started)
                     progress(f"{way} run {run + 1}/{args.runs} {kind}: {samples[way][kind][-1]:.2f} s")
-    rows = []
-    for way, kinds in samples.items():
-        cold = statistics.median(kinds["cold"])
-        for kind, values in kinds.items():
-            rows.append([way, kind, f"{statistics.median(values):.2f}", f"{min(values):.2f}", f"{max(values):.2f}",
-                         f"{statistics.median(values) / cold:.3f}x"])
+    rows = [row for way, kinds in samples.items() for row in ratio_rows(way, kinds)]
     print_table(f"/bin/true through ctr and the OCI CLI ({args.shared_fs})",
                 ["path", "source", "median s", "min s", "max s", "ratio"], rows)
     return samples
 
 
-async def start_latency(args: argparse.Namespace, work: Path, bundle: Path) -> dict[str, Any]:
-    cold = make_config(args.shared_fs, work / "template", template=False)
-    warm = make_config(args.shared_fs, work / "template", template=True)
+async def start_latency(args: argparse.Namespace, work: Path, bundle: Path, files: dict[str, Path],
+                        settle: Callable[[], None]) -> dict[str, Any]:
+    configs = {kind: load_config(str(path)).config for kind, path in files.items()}
     made = time.monotonic()
-    info, _ = await Template(warm).ensure()
+    info, _ = await Template(configs["template"]).ensure()
     build = time.monotonic() - made
     progress(f"template made in {build:.1f} s (guest boot to ready agent {info.boot_seconds:.2f} s)")
-    samples: dict[str, list[float]] = {"cold": [], "template": []}
+    samples: dict[str, list[float]] = {kind: [] for kind in KINDS}
     for run in range(args.runs):
-        for kind, config in (("cold", cold), ("template", warm)):
-            samples[kind].append(await true_once(config, work / "run", bundle, f"{kind}{run}"))
+        for kind in KINDS:
+            await asyncio.to_thread(settle)
+            samples[kind].append(await true_once(configs[kind], work / "run", bundle, f"{kind}{run}"))
             progress(f"run {run + 1}/{args.runs} {kind}: {samples[kind][-1]:.2f} s")
     medians = {k: statistics.median(v) for k, v in samples.items()}
-    ratio = medians["template"] / medians["cold"]
     print_table(f"/bin/true through the library ({args.shared_fs}), create to exit status",
-                ["source", "median s", "min s", "max s", "ratio"],
-                [[k, f"{medians[k]:.2f}", f"{min(v):.2f}", f"{max(v):.2f}", f"{medians[k] / medians['cold']:.3f}x"]
-                 for k, v in samples.items()])
-    return {"samples": samples, "medians": medians, "ratio": ratio, "template_build_seconds": build,
+                ["path", "source", "median s", "min s", "max s", "ratio"], ratio_rows("library", samples))
+    return {"samples": samples, "medians": medians, "ratio": medians["template"] / medians["cold"],
+            "cache_ratio": medians["cache"] / medians["cold"], "template_build_seconds": build,
             "template_boot_seconds": info.boot_seconds}
 
 
@@ -163,9 +172,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="pykata-bench-factory-", dir="/run"))
     try:
         bundle = make_bundle(work / "bundle", "true")
-        data = {"shared_fs": args.shared_fs, "start": await start_latency(args, work, bundle)}
-        if args.engines:
-            data["engines"] = await asyncio.to_thread(engine_latency, args, work, bundle)
+        files = config_files(args, work)
+        with vm_cache(files["cache"], work / "cache.sock") as settle:
+            data = {"shared_fs": args.shared_fs, "start": await start_latency(args, work, bundle, files, settle)}
+            if args.engines:
+                data["engines"] = await asyncio.to_thread(engine_latency, args, work, bundle, files, settle)
         if args.count:
             data["footprint"] = await footprint(args, work)
         await Template(make_config(args.shared_fs, work / "template", template=True)).destroy()
