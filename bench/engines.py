@@ -118,8 +118,7 @@ def vm_cache(config_path: Path, endpoint: Path, timeout: float = 180.0) -> Itera
             time.sleep(0.1)
 
     try:
-        wait_full()
-        yield wait_full
+        yield wait_full  # called outside an event loop (it runs its own)
     finally:
         server.terminate()
         server.communicate(timeout=60)

@@ -86,10 +86,15 @@ def run_in(sb: Sandbox, bundle: Path, name: str) -> str:
     return out.getvalue().decode()
 
 
-@pytest.mark.parametrize("shared_fs", ["virtio-fs", "virtio-9p"])
+@pytest.mark.parametrize(("shared_fs", "base"), [
+    ("virtio-fs", "direct"),
+    ("virtio-9p", "direct"),
+    ("virtio-fs", "template"),  # clones without a share: the sandbox hotplugs virtio-fs after adopting
+    ("virtio-9p", "template"),  # clones whose 9p share is in the template
+])
 def test_a_sandbox_takes_a_cached_vm_over_and_the_cache_boots_the_next(
-        shared_fs: str, tmp_path: Path, serve: list[subprocess.Popen[str]]) -> None:
-    config = cache_config(shared_fs, tmp_path)
+        shared_fs: str, base: str, tmp_path: Path, serve: list[subprocess.Popen[str]]) -> None:
+    config = cache_config(shared_fs, tmp_path, template=base == "template")
     server = start_server(serve, config, tmp_path)
     wait_ready(config, server)
     cached = asyncio.run(VmCacheClient(config.factory.vm_cache_endpoint).status()).vms[0]
@@ -118,9 +123,12 @@ def test_a_sandbox_takes_a_cached_vm_over_and_the_cache_boots_the_next(
     server.send_signal(signal.SIGTERM)
     out, err = server.communicate(timeout=60)
     assert server.returncode == 0, err
-    assert "serving 1 direct VMs" in out
+    assert f"serving 1 {base} VMs" in out
     assert not Path(config.factory.vm_cache_endpoint).exists()
     assert not (tmp_path / "cache.sock.vms").exists()
+    if base == "template":
+        assert subprocess.run([KATA_RUNTIME, "--kata-config", str(tmp_path / "configuration.toml"), "factory",
+                               "destroy"], capture_output=True, check=False).returncode == 0
 
 
 def test_a_sandbox_of_another_shape_boots_its_own_and_destroy_stops_the_server(
