@@ -75,3 +75,23 @@ def test_replace_symlink_is_atomic_and_repoints(tmp_path: Path) -> None:
     replace_symlink(link, tmp_path / "two")
     assert os.readlink(link) == str(tmp_path / "two")
     assert [p.name for p in link.parent.iterdir()] == ["kata-initrd.img"]
+
+
+def test_linking_one_flavour_never_prunes_the_initrd_another_flavour_links(tmp_path: Path) -> None:
+    from kata.image.initrd import KEEP_BUILDS, InitrdBuild, link_initrd
+
+    store = tmp_path / "initrd"
+
+    def build(index: int) -> InitrdBuild:
+        entry = store / f"key{index}"
+        entry.mkdir(parents=True)
+        (entry / "kata-initrd.img").write_bytes(b"x")
+        return InitrdBuild(f"key{index}", entry / "kata-initrd.img", False, {})
+
+    (tmp_path / "guest").mkdir()
+    (tmp_path / "guest-generic").mkdir()
+    link_initrd(build(0), tmp_path / "guest-generic" / "kata-initrd.img")
+    for index in range(1, KEEP_BUILDS + 3):  # the other flavour is rebuilt again and again
+        link_initrd(build(index), tmp_path / "guest" / "kata-initrd.img")
+    assert (tmp_path / "guest-generic" / "kata-initrd.img").read_bytes() == b"x"
+    assert sorted(p.name for p in store.iterdir()) == ["key0", *(f"key{i}" for i in range(3, KEEP_BUILDS + 3))]

@@ -220,4 +220,16 @@ def link_initrd(build: InitrdBuild, link: Path) -> None:
     """
     cache.replace_symlink(link, build.path)
     os.utime(build.path.parent)
-    cache.BuildCache(build.path.parent.parent).prune(KEEP_BUILDS, protect=[build.key])
+    store = cache.BuildCache(build.path.parent.parent)
+    store.prune(KEEP_BUILDS, protect=[build.key, *_linked_builds(link, store.root)])
+
+
+def _linked_builds(link: Path, root: Path) -> list[str]:
+    """The builds that the initrd links of ``link``'s sibling guest dirs point at (another flavour's, e.g.
+    guest-generic beside guest): rebuilding one flavour must not prune the initrd another one uses."""
+    linked = []
+    for sibling in link.parent.parent.glob(f"*/{link.name}"):
+        target = Path(os.path.realpath(sibling))
+        if target.parent.parent == root.resolve():
+            linked.append(target.parent.name)
+    return linked
