@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -58,7 +60,15 @@ def wait_ready(config: Config, server: subprocess.Popen[str], count: int = 1) ->
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
+def short_tmp() -> Iterator[Path]:
+    """A short temporary dir: the cached VMs' sockets live below it (unix socket paths: at most 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="vmc-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def serve() -> Iterator[list[subprocess.Popen[str]]]:
     """Start `kata-runtime factory init` on a config; stopped (SIGTERM) and checked gone afterwards."""
     servers: list[subprocess.Popen[str]] = []
     yield servers
@@ -93,7 +103,8 @@ def run_in(sb: Sandbox, bundle: Path, name: str) -> str:
     ("virtio-9p", "template"),  # clones whose 9p share is in the template
 ])
 def test_a_sandbox_takes_a_cached_vm_over_and_the_cache_boots_the_next(
-        shared_fs: str, base: str, tmp_path: Path, serve: list[subprocess.Popen[str]]) -> None:
+        shared_fs: str, base: str, short_tmp: Path, serve: list[subprocess.Popen[str]]) -> None:
+    tmp_path = short_tmp
     config = cache_config(shared_fs, tmp_path, template=base == "template")
     server = start_server(serve, config, tmp_path)
     wait_ready(config, server)
@@ -132,7 +143,8 @@ def test_a_sandbox_takes_a_cached_vm_over_and_the_cache_boots_the_next(
 
 
 def test_a_sandbox_of_another_shape_boots_its_own_and_destroy_stops_the_server(
-        tmp_path: Path, serve: list[subprocess.Popen[str]]) -> None:
+        short_tmp: Path, serve: list[subprocess.Popen[str]]) -> None:
+    tmp_path = short_tmp
     config = cache_config("virtio-fs", tmp_path)
     server = start_server(serve, config, tmp_path)
     wait_ready(config, server)

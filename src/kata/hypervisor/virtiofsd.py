@@ -45,7 +45,7 @@ def listen_unix(path: str) -> socket.socket:
         sock.listen(1)
     except OSError as exc:
         sock.close()
-        raise HypervisorError(f"listen on {path}: {exc.strerror}") from exc
+        raise HypervisorError(f"listen on {path}: {exc.strerror or exc}") from exc
     return sock
 
 
