@@ -248,10 +248,12 @@ class CacheSource(VmSource):
         return vm
 
     async def prime(self, agent: AgentClient) -> None:
-        """See :meth:`VmSource.prime`: a cached VM's clock and CRNG may be a template's (and its clock has
-        run in a paused template): set both from the host, as for a clone."""
+        """See :meth:`VmSource.prime`: a cached clone's clock and CRNG are the template's: set both from the
+        host, as for any clone. A cold-booted cached VM has its own, and its clock has run all along."""
         if self.claimed is None:
             await self.fallback.prime(agent)
+            return
+        if self.claimed.base == "direct":
             return
         await agent.set_guest_date_time(time.time())
         await agent.reseed_random_dev(os.urandom(RANDOM_SEED_BYTES))
