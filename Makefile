@@ -34,7 +34,7 @@ $(STAMPS)/venv: pyproject.toml
 # and the initrd with the agent; cached by a hash of their inputs, rebuilt only when those change.
 image: apt venv
 	@apt-cache show --no-all-versions linux-image-cloud-amd64 >/dev/null 2>&1 || apt-get update -qq
-	$(VENV)/bin/kata-runtime image build --quiet
+	$(VENV)/bin/kata-runtime image build --quiet --rootfs-image erofs  # + the DAX rootfs image and its boot initrd
 	$(VENV)/bin/kata-runtime image build --quiet --flavour generic  # has 9p (the cloud kernel has none)
 
 lint: venv

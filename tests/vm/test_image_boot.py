@@ -49,3 +49,36 @@ def test_qemu_is_killed_when_the_test_fails(image: tuple[KernelArtifacts, Initrd
         vm.connect(sock, 30).close()
         raise RuntimeError("test failed while the guest boots")
     assert vm.process is not None and vm.process.poll() is not None
+
+
+def test_a_sandbox_boots_from_the_erofs_image_on_virtio_pmem_with_dax(tmp_path: Path) -> None:
+    """The rootfs image + boot initrd (`kata-runtime image build --rootfs-image erofs`): the guest's root
+    is an overlay on the DAX-mounted image, the agent runs from it, no tmpfs copy of the image exists."""
+    from dataclasses import replace
+
+    from kata.config import load_config
+    from kata.image.bootinitrd import build_boot_initrd
+    from kata.image.rootfs import build_rootfs_image
+    from kata.sandbox import OutputBuffer, Sandbox
+    from tests.agent.sandbox_support import make_bundle
+
+    kernel = fetch_kernel("cloud", DEFAULT_CACHE_DIR)
+    rootfs = build_rootfs_image(kernel, DEFAULT_CACHE_DIR, "erofs")
+    boot = build_boot_initrd(kernel, DEFAULT_CACHE_DIR)
+    config = load_config().config
+    config = replace(config, hypervisor=replace(config.hypervisor, kernel=str(kernel.vmlinux), initrd=str(boot.path),
+                                                image=str(rootfs)))
+    bundle = make_bundle(tmp_path / "bundle", "sh", "-c", "uname -r; grep Shmem: /proc/meminfo")
+    with Sandbox.create(config, root=tmp_path / "root", sandbox_id="dax") as sb:
+        out = OutputBuffer()
+        container = sb.create_container(bundle, stdout=out)
+        container.start()
+        assert container.wait() == 0, out.getvalue()
+        release, shmem = out.getvalue().decode().splitlines()
+        assert release == kernel.release
+        assert int(shmem.split()[1]) < 4096, shmem  # kB: the root is not a tmpfs copy (the initrd's is 23 MB)
+        console = Path(sb.inner.record.vm.console_log).read_text()
+    assert "kata boot initrd:" not in console, console
+    init_line = next(line for line in console.splitlines() if 'msg="kata guest init"' in line)
+    assert "pid=1 " in init_line and f"kernel={kernel.release}" in init_line
+    assert "level=error" not in console, console

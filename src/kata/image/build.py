@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kata.config.schema import GUEST_DIR
+from kata.image.cache import replace_symlink
 from kata.image.initrd import DEFAULT_COMPRESSION, INITRD_NAME, InitrdBuild, build_initrd, link_initrd
 from kata.image.kernel import KernelArtifacts, fetch_kernel, link_guest_kernel
 from kata.image.progress import Reporter
@@ -15,12 +16,14 @@ __all__ = ["GuestImage", "build_guest_image"]
 
 @dataclass(frozen=True)
 class GuestImage:
-    """The kernel and initrd a build produced, and the rootfs image when one was asked for."""
+    """The kernel and initrd a build produced, and the rootfs image (linked in the guest dir, with the
+    boot initrd that mounts it for an erofs image) when one was asked for."""
 
     kernel: KernelArtifacts
     initrd: InitrdBuild
     initrd_link: Path
     rootfs: Path | None = None
+    boot_initrd: Path | None = None
 
 
 def guest_dir_for(flavour: str) -> Path:
@@ -45,12 +48,20 @@ def build_guest_image(*, flavour: str, cache_dir: Path, guest_dir: Path,
         kernel = fetch_kernel(flavour, cache_dir)
         step.detail = f"{kernel.release} ({kernel.package} {kernel.version})"
     initrd = build_initrd(kernel, cache_dir, compression=compression, force=force, reporter=report)
-    rootfs = None
+    rootfs = boot = None
     if rootfs_format is not None:
         from kata.image.rootfs import build_rootfs_image
 
         rootfs = build_rootfs_image(kernel, cache_dir, rootfs_format, force=force, reporter=report)
+        if rootfs_format == "erofs":
+            from kata.image.bootinitrd import build_boot_initrd
+
+            boot = build_boot_initrd(kernel, cache_dir, force=force, reporter=report).path
     link_guest_kernel(kernel, guest_dir)
     link = guest_dir / INITRD_NAME
     link_initrd(initrd, link)
-    return GuestImage(kernel, initrd, link, rootfs)
+    if rootfs is not None:
+        replace_symlink(guest_dir / rootfs.name, rootfs)
+    if boot is not None:
+        replace_symlink(guest_dir / boot.name, boot)
+    return GuestImage(kernel, initrd, link, rootfs and guest_dir / rootfs.name, boot and guest_dir / boot.name)
