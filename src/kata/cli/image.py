@@ -51,5 +51,8 @@ def run(ctx: CliContext, args: argparse.Namespace) -> int:
     print(f"initrd {image.initrd.key} ({state}, {image.initrd.facts.get('size', 0)} bytes): "
           f"{image.initrd_link} -> {image.initrd.path}")
     if image.rootfs is not None:
-        print(f"rootfs {image.rootfs}")
+        print(f"rootfs {image.rootfs} -> {image.rootfs.resolve()}")
+    if image.boot_initrd is not None:
+        print(f"boot initrd {image.boot_initrd} -> {image.boot_initrd.resolve()} (boot the image with "
+              f"image = \"{image.rootfs}\", initrd = \"{image.boot_initrd}\")")
     return 0
