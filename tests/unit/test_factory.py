@@ -130,3 +130,14 @@ def test_copy_sparse_keeps_holes(tmp_path: Path) -> None:
     copy = (tmp_path / "copy").stat()
     assert copy.st_size == 64 << 20 and copy.st_blocks * 512 < 1 << 20
     assert (tmp_path / "copy").read_bytes() == source.read_bytes()
+
+
+def test_the_cache_server_refuses_an_endpoint_too_deep_for_its_vms_sockets(tmp_path: Path) -> None:
+    from kata.errors import FactoryError
+    from kata.factory.cache_server import serve_cache
+
+    deep = tmp_path / ("d" * 60) / "cache.sock"
+    config = replace(Config(), factory=FactoryConfig(vm_cache_number=1, vm_cache_endpoint=str(deep)))
+    with pytest.raises(FactoryError, match=r"too deep: its VMs. sockets .* would exceed the 107 bytes"):
+        asyncio.run(serve_cache(config))
+    assert not deep.parent.exists()  # nothing was made
