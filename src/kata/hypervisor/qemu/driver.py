@@ -7,7 +7,7 @@ import contextlib
 import logging
 import shlex
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -141,25 +141,31 @@ class QemuHypervisor(Hypervisor):
         self._life.require("start")
         argv = build_argv(spec := self.spec)
         started = time.monotonic()
-        try:
+        with self._until_running("start vm", f"QEMU not ready within {timeout:g} s"):
             async with AsyncExitStack() as stack:
                 async with asyncio.timeout(timeout):
                     await self._launch(stack, spec, argv)
                 self._resources = stack.pop_all()
+        _log.info("vm started", extra=self._fields(pid=self._qemu.pid if self._qemu else 0,
+                                                    machine=spec.machine, accelerator=spec.accelerator,
+                                                    seconds=round(time.monotonic() - started, 3)))
+
+    @contextlib.contextmanager
+    def _until_running(self, verb: str, timed_out: str) -> Iterator[None]:
+        """Around a start or an adopt: running when the block succeeds; any failure ends in stopped,
+        as a HypervisorError saying ``verb`` (``timed_out`` for a TimeoutError) and what QEMU left."""
+        try:
+            yield
         except TimeoutError as exc:
             self._life.move(VmState.STOPPED)
-            why = f"QEMU not ready within {timeout:g} s"
-            raise HypervisorError(f"start vm: {why}{self._diagnostics()}") from exc
+            raise HypervisorError(f"{verb}: {timed_out}{self._diagnostics()}") from exc
         except HypervisorError as exc:
             self._life.move(VmState.STOPPED)
-            raise HypervisorError(f"start vm: {exc}{self._diagnostics()}") from exc
+            raise HypervisorError(f"{verb}: {exc}{self._diagnostics()}") from exc
         except BaseException:
             self._life.move(VmState.STOPPED)
             raise
         self._life.move(VmState.RUNNING)
-        _log.info("vm started", extra=self._fields(pid=self._qemu.pid if self._qemu else 0,
-                                                    machine=spec.machine, accelerator=spec.accelerator,
-                                                    seconds=round(time.monotonic() - started, 3)))
 
     def _diagnostics(self) -> str:
         children = [c for c in (self._qemu, *self._helpers) if c is not None]
@@ -344,7 +350,7 @@ class QemuHypervisor(Hypervisor):
         if not processes:
             raise HypervisorError("adopt vm: no VMM process")
         spec = self.spec
-        try:
+        with self._until_running("adopt vm", f"QMP did not answer within {timeout:g} s"):
             async with AsyncExitStack() as stack:
                 channel = self.agent
                 for path in (self.paths.qmp_socket, self.paths.qemu_log,
@@ -363,16 +369,6 @@ class QemuHypervisor(Hypervisor):
                 async with asyncio.timeout(timeout):
                     await self._take_control(stack, spec, qemu)
                 self._resources = stack.pop_all()
-        except TimeoutError as exc:
-            self._life.move(VmState.STOPPED)
-            raise HypervisorError(f"adopt vm: QMP did not answer within {timeout:g} s") from exc
-        except HypervisorError as exc:
-            self._life.move(VmState.STOPPED)
-            raise HypervisorError(f"adopt vm: {exc}") from exc
-        except BaseException:
-            self._life.move(VmState.STOPPED)
-            raise
-        self._life.move(VmState.RUNNING)
         _log.info("vm adopted", extra=self._fields(pids=list(self.pids()), machine=spec.machine))
 
     def clone_identity(self) -> str:
