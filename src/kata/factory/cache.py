@@ -41,6 +41,7 @@ __all__ = [
     "cache_shape",
     "clone_memory_image",
     "shape_key",
+    "share_in_vm",
 ]
 
 _log = logging.getLogger("kata.factory")
@@ -106,6 +107,15 @@ async def cache_shape(config: Config, workdir: Path) -> Hypervisor:
     share = shared_fs_for(config.hypervisor, hypervisor.paths, str(workdir / "shared"))
     await hypervisor.prepare([share] if share is not None else [])
     return hypervisor
+
+
+def share_in_vm(config: Config) -> bool:
+    """Whether a cached VM has the share already: not a clone of a virtio-fs template (vhost-user-fs
+    blocks migration, so its sandbox hotplugs virtio-fs), nor a VM without a shared fs."""
+    shared_fs = config.hypervisor.shared_fs
+    if shared_fs not in ("virtio-fs", "virtio-9p"):
+        return False
+    return not (cache_base(config) == "template" and shared_fs == "virtio-fs")
 
 
 def shape_key(vm: Hypervisor, config: Config) -> str:

@@ -29,7 +29,14 @@ from google.protobuf import empty_pb2
 from kata.agent import AgentClient
 from kata.config import Config
 from kata.errors import KataError
-from kata.factory.cache import CACHE_SERVICE, cache_base, cache_directory, cache_shape, shape_key
+from kata.factory.cache import (
+    CACHE_SERVICE,
+    cache_base,
+    cache_directory,
+    cache_shape,
+    shape_key,
+    share_in_vm,
+)
 from kata.factory.pb import vmcache_pb2
 from kata.factory.source import TemplateSource, VmRequest
 from kata.factory.template import HANGUP_PAUSE
@@ -102,21 +109,24 @@ def vm_maker(config: Config) -> VmMaker:
             vm = shape
             stack.push_async_callback(vm.stop)
             await vm.start(timeout=BOOT_TIMEOUT)
-        await _ready_and_warm(vm, config, workdir, float(max(config.agent.dial_timeout, BOOT_TIMEOUT)))
+        await _ready_and_warm(vm, config, workdir, float(max(config.agent.dial_timeout, BOOT_TIMEOUT)),
+                              warm_up=share_in_vm(config))
         return vm, key
 
     return make
 
 
-async def _ready_and_warm(vm: Hypervisor, config: Config, workdir: Path, timeout: float) -> None:
-    """Until the agent answers and has loaded its services, then one throwaway container; then hang up,
-    and give the guest the time to see it (the next connection, the sandbox's, starts a new ttRPC
-    session)."""
+async def _ready_and_warm(vm: Hypervisor, config: Config, workdir: Path, timeout: float, *,
+                          warm_up: bool) -> None:
+    """Until the agent answers and has loaded its services, then (``warm_up``: the VM has its share) one
+    throwaway container; then hang up, and give the guest the time to see it (the next connection,
+    the sandbox's, starts a new ttRPC session)."""
     agent = await AgentClient.connect(vm.agent.address, timeout=timeout)
     try:
         await agent.wait_ready(timeout)
         await agent.get_guest_details()  # waits until the agent's services are loaded
-        await _warm_up(agent, config, workdir)
+        if warm_up:
+            await _warm_up(agent, config, workdir)
     finally:
         await agent.close()
     await asyncio.sleep(HANGUP_PAUSE)

@@ -221,8 +221,9 @@ class CacheSource(VmSource):
         return cached.processes
 
     def _share_hotplugged(self) -> bool:
-        # A clone of a virtio-fs template has no share (vhost-user-fs blocks migration): it is hotplugged.
-        return self.base == "template" and self.config.hypervisor.shared_fs == "virtio-fs"
+        from kata.factory.cache import share_in_vm
+
+        return self.config.hypervisor.shared_fs == "virtio-fs" and not share_in_vm(self.config)
 
     async def start(self, stack: AsyncExitStack, request: VmRequest) -> Hypervisor:
         """See :meth:`VmSource.start`: adopt the claimed VM, then hotplug what it lacks; else the fallback."""
