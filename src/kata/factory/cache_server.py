@@ -285,6 +285,20 @@ class CacheServer:
                     await self._changed.wait()
                 return self.ready.pop(0)
 
+    async def _take_fresh(self, key: str, timeout: float) -> Entry:
+        """The first ready VM of ``key`` whose VMM still runs, waiting up to ``timeout`` s. A VM that was
+        booting when the key changed (its key was computed before the boot) becomes ready stale, and a
+        VMM can die while it waits: either is stopped, not handed over."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            entry = await self._take(deadline - loop.time())
+            if entry.key == key and entry.vm.pids():
+                return entry
+            why = f"stale: key {entry.key}, now {key}" if entry.key != key else "its VMM is gone"
+            await self._drop(entry, why)
+            await self._notify()  # refill
+
     async def get_vm(self, key: str, target: Path, sandbox_id: str, timeout: float) -> vmcache_pb2.CachedVm:
         """Hand a VM over: rename its dir to ``target``, detach it; wait up to ``timeout`` s for one.
 
@@ -301,7 +315,9 @@ class CacheServer:
         if key != current:
             raise FailedPreconditionError(f"vm cache: its VMs have key {current}, the caller's configuration "
                                           f"gives {key}")
-        entry = await self._take(timeout)
+        if target.exists():  # rename(2) would replace an empty directory
+            raise AlreadyExistsError(f"vm cache: {target} exists")
+        entry = await self._take_fresh(current, timeout)
         try:
             os.rename(entry.workdir, target)
         except OSError as exc:

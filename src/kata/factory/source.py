@@ -208,7 +208,7 @@ class CacheSource(VmSource):
         key = shape_key(await cache_shape(self.config, workdir), self.config)
         try:
             cached = await self.client.get_vm(key, workdir, sandbox_id, timeout=GET_VM_TIMEOUT)
-        except (RpcError, OSError, TimeoutError) as exc:
+        except (RpcError, FactoryError, OSError, TimeoutError) as exc:
             why = "no answer" if isinstance(exc, TimeoutError) else str(exc)
             _log.warning("vm cache %s: %s; using a %s VM", self.client.endpoint, why, self.fallback.name,
                          extra=fields(sandbox=sandbox_id))
