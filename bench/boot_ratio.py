@@ -33,7 +33,7 @@ from kata.errors import HypervisorError
 from kata.image.bootcheck import TCG_CPU, BootedVm, boot_and_check, boot_bare, qemu_argv, write_bare_initrd
 from kata.image.cpio import CpioWriter
 from kata.image.initrd import build_initrd
-from kata.image.kernel import DEFAULT_CACHE_DIR, KernelArtifacts, fetch_kernel
+from kata.image.kernel import DEFAULT_CACHE_DIR, DEFAULT_FLAVOUR, KernelArtifacts, fetch_kernel
 from kata.image.python_runtime import AGENT_LIB_DIR, GUEST_PYTHON
 
 IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)")
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--compressions", default="lz4")
     parser.add_argument("--cpus", default=TCG_CPU, help="TCG cpu models to compare, separated by ;")
-    parser.add_argument("--flavour", default="cloud")
+    parser.add_argument("--flavour", default=DEFAULT_FLAVOUR)
     parser.add_argument("--top", type=int, default=15, help="slowest imports to list")
     parser.add_argument("--initrd", action="append", default=[], metavar="NAME=PATH",
                         help="also boot this initrd (e.g. an older build) under NAME")

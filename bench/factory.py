@@ -36,9 +36,10 @@ from tests.agent.sandbox_support import make_bundle
 from kata.config import Config, load_config
 from kata.factory import Template
 from kata.factory.ksm import BURST, IDLE, KsmRate, ksm_status, set_ksm
+from kata.image.build import guest_dir_with_9p
 from kata.sandbox import AsyncSandbox
 
-GENERIC = Path("/var/cache/pykata/guest-generic")
+GENERIC = guest_dir_with_9p()  # the default guest dir when its kernel has 9p (minimal), else guest-generic
 
 
 def make_config(shared_fs: str, template_path: Path, *, template: bool) -> Config:

@@ -18,6 +18,7 @@ from kata.agent import AgentClient, ContainerRequest, ExecRequest, SandboxReques
 from kata.config.schema import GUEST_DIR, HypervisorConfig
 from kata.hypervisor import shared_fs_for
 from kata.hypervisor.qemu import QemuHypervisor
+from kata.image.build import guest_dir_with_9p
 from kata.oci import Process, User
 from kata.ttrpc.status import InvalidArgumentError, NotFoundError
 from tests.agent.support import make_rootfs, make_spec
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.vm
 SHARED = "/run/kata-containers/shared/containers"
 FLAVOURS = {
     "virtio-fs": (Path(GUEST_DIR), "virtiofs"),
-    "virtio-9p": (Path(f"{GUEST_DIR}-generic"), "9p"),
+    "virtio-9p": (guest_dir_with_9p(), "9p"),
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from kata.image.bootcheck import BootedVm, boot_and_check, qemu_argv
 from kata.image.initrd import InitrdBuild, build_initrd
-from kata.image.kernel import DEFAULT_CACHE_DIR, KernelArtifacts, fetch_kernel
+from kata.image.kernel import DEFAULT_CACHE_DIR, DEFAULT_FLAVOUR, KernelArtifacts, fetch_kernel
 
 pytestmark = [
     pytest.mark.vm,
@@ -19,8 +19,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def image() -> tuple[KernelArtifacts, InitrdBuild]:
-    """The cloud kernel and its initrd, built once (or reused from the shared cache)."""
-    kernel = fetch_kernel("cloud", DEFAULT_CACHE_DIR)
+    """The default kernel and its initrd, built once (or reused from the shared cache)."""
+    kernel = fetch_kernel(DEFAULT_FLAVOUR, DEFAULT_CACHE_DIR)
     return kernel, build_initrd(kernel, DEFAULT_CACHE_DIR)
 
 
@@ -62,7 +62,7 @@ def test_a_sandbox_boots_from_the_erofs_image_on_virtio_pmem_with_dax(tmp_path: 
     from kata.sandbox import OutputBuffer, Sandbox
     from tests.agent.sandbox_support import make_bundle
 
-    kernel = fetch_kernel("cloud", DEFAULT_CACHE_DIR)
+    kernel = fetch_kernel(DEFAULT_FLAVOUR, DEFAULT_CACHE_DIR)
     rootfs = build_rootfs_image(kernel, DEFAULT_CACHE_DIR, "erofs")
     boot = build_boot_initrd(kernel, DEFAULT_CACHE_DIR)
     config = load_config().config

@@ -16,6 +16,7 @@ import pytest
 
 from kata.config import Config, load_config
 from kata.errors import AgentError, HypervisorError, OciError
+from kata.image.build import guest_dir_with_9p
 from kata.oci.model import Mount
 from kata.sandbox import (
     PHASES,
@@ -32,9 +33,7 @@ from tests.agent.sandbox_support import make_bundle
 
 pytestmark = pytest.mark.vm
 REPO = Path(__file__).resolve().parents[2]
-GENERIC = Path("/var/cache/pykata/guest-generic")  # kata-runtime image build --flavour generic --guest-dir ...
-NO_9P = "9p needs the generic kernel flavour: kata-runtime image build --flavour generic " \
-        "--cache-dir /var/cache/pykata-generic --guest-dir /var/cache/pykata/guest-generic"
+NO_9P = "9p needs a kernel with 9p: kata-runtime image build (the minimal kernel) or --flavour generic"
 
 
 def config_for(shared_fs: str) -> Config:
@@ -43,10 +42,11 @@ def config_for(shared_fs: str) -> Config:
     if not Path(hypervisor.kernel).exists() or not Path(hypervisor.initrd).exists():
         pytest.skip("no guest image (run `kata-runtime image build`)")
     if shared_fs == "virtio-9p":
-        if not (GENERIC / "vmlinux").exists():
+        nine_p = guest_dir_with_9p()
+        if not (nine_p / "vmlinux").exists():
             pytest.skip(NO_9P)
-        # tcg, not auto: a probe of this other kernel would replace the cached choice of the default one.
-        hypervisor = replace(hypervisor, kernel=str(GENERIC / "vmlinux"), initrd=str(GENERIC / "kata-initrd.img"),
+        # tcg, not auto: a probe of another kernel would replace the cached choice of the default one.
+        hypervisor = replace(hypervisor, kernel=str(nine_p / "vmlinux"), initrd=str(nine_p / "kata-initrd.img"),
                              accelerator="tcg")
     return replace(config, hypervisor=replace(hypervisor, shared_fs=shared_fs))
 

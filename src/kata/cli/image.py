@@ -10,7 +10,7 @@ from kata.cli.context import CliContext
 __all__ = ["add_arguments", "run"]
 
 # Kept literal so that parsing arguments imports nothing from the builder.
-FLAVOURS = ("cloud", "generic")
+FLAVOURS = ("minimal", "cloud", "generic")
 COMPRESSIONS = ("none", "gzip", "lz4")
 ROOTFS_FORMATS = ("erofs", "ext4")
 
@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            description="Fetch the guest kernel, build the initrd (cached by a hash of its "
                                        "inputs) and link both to the configured default paths.")
     build.add_argument("--flavour", choices=FLAVOURS, default="cloud",
-                       help="kernel flavour: cloud (fast boot, no 9p) or generic (default: %(default)s)")
+                       help="kernel: Debian's cloud (no 9p) or generic, or minimal (built from Debian's "
+                            "linux-source, everything built in, fastest boot) (default: %(default)s)")
     build.add_argument("--force", action="store_true", help="rebuild even when the cache has this build")
     build.add_argument("--compression", choices=COMPRESSIONS, default=None,
                        help="initrd compression (default: the builder's measured fastest)")

@@ -9,7 +9,7 @@ from pathlib import Path
 from kata.errors import KataError
 from kata.image.build import guest_dir_for
 from kata.image.initrd import COMPRESSIONS, DEFAULT_COMPRESSION
-from kata.image.kernel import DEFAULT_CACHE_DIR, FLAVOURS, fetch_kernel, link_guest_kernel
+from kata.image.kernel import DEFAULT_CACHE_DIR, DEFAULT_FLAVOUR, FLAVOURS, fetch_kernel, link_guest_kernel
 from kata.image.rootfs import ROOTFS_FORMATS
 
 
@@ -32,13 +32,13 @@ def _build(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kata.image", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    kernel = sub.add_parser("kernel", help="fetch Debian's guest kernel and extract its vmlinux")
-    kernel.add_argument("--flavour", choices=sorted(FLAVOURS), default="cloud")
+    kernel = sub.add_parser("kernel", help="fetch (or build, for minimal) the guest kernel and its vmlinux")
+    kernel.add_argument("--flavour", choices=sorted(FLAVOURS), default=DEFAULT_FLAVOUR)
     kernel.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     kernel.add_argument("--guest-dir", type=Path, default=None,
                         help="where the configured kernel path points (default: %(default)s)")
     build = sub.add_parser("build", help="build the guest initrd (as `kata-runtime image build`)")
-    build.add_argument("--flavour", choices=sorted(FLAVOURS), default="cloud")
+    build.add_argument("--flavour", choices=sorted(FLAVOURS), default=DEFAULT_FLAVOUR)
     build.add_argument("--force", action="store_true")
     build.add_argument("--compression", choices=COMPRESSIONS, default=DEFAULT_COMPRESSION)
     build.add_argument("--rootfs-image", choices=ROOTFS_FORMATS, default=None)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from kata.config.schema import GUEST_DIR
 from kata.image.cache import replace_symlink
 from kata.image.initrd import DEFAULT_COMPRESSION, INITRD_NAME, InitrdBuild, build_initrd, link_initrd
-from kata.image.kernel import KernelArtifacts, fetch_kernel, link_guest_kernel
+from kata.image.kernel import DEFAULT_FLAVOUR, KernelArtifacts, fetch_kernel, link_guest_kernel
 from kata.image.progress import Reporter
 
-__all__ = ["GuestImage", "build_guest_image"]
+__all__ = ["GuestImage", "build_guest_image", "guest_dir_for", "guest_dir_with_9p", "kernel_has"]
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,27 @@ class GuestImage:
 
 
 def guest_dir_for(flavour: str) -> Path:
-    """Where a flavour's kernel and initrd are linked: the configured defaults for ``cloud``,
-    ``/var/cache/pykata/guest-<flavour>`` for others (e.g. ``generic``, which has 9p)."""
-    return Path(GUEST_DIR) if flavour == "cloud" else Path(f"{GUEST_DIR}-{flavour}")
+    """Where a flavour's kernel and initrd are linked: the configured defaults for the default flavour
+    (``cloud``), ``/var/cache/pykata/guest-<flavour>`` for others (``minimal``, ``generic``)."""
+    return Path(GUEST_DIR) if flavour == DEFAULT_FLAVOUR else Path(f"{GUEST_DIR}-{flavour}")
+
+
+def kernel_has(guest_dir: Path, option: str) -> bool:
+    """Whether the kernel linked in ``guest_dir`` was built with ``option`` (``CONFIG_X``) built in or as
+    a module; False when the guest dir or the kernel's config is missing."""
+    try:
+        directory = Path(json.loads((guest_dir / "kernel.json").read_text())["directory"])
+        config = (directory / "config").read_text()
+    except (OSError, ValueError, KeyError):
+        return False
+    return any(line in (f"{option}=y", f"{option}=m") for line in config.splitlines())
+
+
+def guest_dir_with_9p() -> Path:
+    """A guest dir whose kernel has 9p: the default one when it has (a minimal kernel linked there
+    does), else ``guest-generic`` (Debian's cloud kernel has no 9p at all)."""
+    default = Path(GUEST_DIR)
+    return default if kernel_has(default, "CONFIG_9P_FS") else guest_dir_for("generic")
 
 
 def build_guest_image(*, flavour: str, cache_dir: Path, guest_dir: Path,

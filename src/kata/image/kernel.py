@@ -16,6 +16,7 @@ from kata.errors import ImageError
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
+    "DEFAULT_FLAVOUR",
     "FLAVOURS",
     "LZ4_LEGACY_MAGIC",
     "KernelArtifacts",
@@ -24,11 +25,14 @@ __all__ = [
     "kernel_release_of",
     "link_guest_kernel",
     "resolve_kernel_package",
+    "run_tool",
 ]
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("KATA_CACHE_DIR", "/var/cache/pykata"))
-# Flavour -> Debian metapackage that depends on the current kernel of that flavour.
-FLAVOURS = {"cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
+# Flavour -> Debian metapackage that depends on the current kernel (or, for ``minimal``, the kernel
+# source pykata builds its own kernel from: kata.image.kbuild).
+FLAVOURS = {"minimal": "linux-source", "cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
+DEFAULT_FLAVOUR = "cloud"  # minimal: opt-in until the full suite passes on it (docs/image.md)
 LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
 XZ_MAGIC = b"\xfd7zXZ\x00"
 ELF_MAGIC = b"\x7fELF"
@@ -59,14 +63,20 @@ class KernelArtifacts:
         return self.directory / "lib" / "modules" / self.release
 
 
-def _run(argv: list[str], *, cwd: Path | None = None) -> str:
+def run_tool(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Run a build tool; its stdout, or an ImageError naming it and its last error line.
+
+    Raises:
+        ImageError: when the tool is missing or exits non-zero.
+    """
     try:
-        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     except OSError as exc:
         raise ImageError(f"{argv[0]}: {exc.strerror}") from exc
     if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ImageError(f"{' '.join(argv[:2])} failed: {tail}")
+        lines = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()
+        errors = [line for line in lines if "error" in line.lower()] or lines
+        raise ImageError(f"{' '.join(argv[:2])} failed: {errors[-1].strip()}")
     return proc.stdout
 
 
@@ -79,7 +89,7 @@ def resolve_kernel_package(flavour: str) -> tuple[str, str]:
     meta = FLAVOURS.get(flavour)
     if meta is None:
         raise ImageError(f"unknown kernel flavour {flavour!r}: choose one of {', '.join(FLAVOURS)}")
-    show = _run(["apt-cache", "show", "--no-all-versions", meta])
+    show = run_tool(["apt-cache", "show", "--no-all-versions", meta])
     match = re.search(r"^Depends:.*?\b(linux-image-[\w.+-]+)\s*\(=\s*([^)\s]+)\)", show, re.M)
     if match is None:
         raise ImageError(f"{meta}: no linux-image dependency in apt-cache show (run apt-get update)")
@@ -142,12 +152,12 @@ def _check_elf(bzimage: Path, tmp: Path, out: Path, detail: str) -> None:
 
 
 def _unpack(package: str, version: str, work: Path) -> Path:
-    _run(["apt-get", "download", "-q", f"{package}={version}"], cwd=work)
+    run_tool(["apt-get", "download", "-q", f"{package}={version}"], cwd=work)
     deb = next(work.glob("*.deb"), None)
     if deb is None:
         raise ImageError(f"apt-get download {package} produced no .deb")
     root = work / "root"
-    _run(["dpkg-deb", "-x", str(deb), str(root)])
+    run_tool(["dpkg-deb", "-x", str(deb), str(root)])
     return root
 
 
@@ -168,29 +178,33 @@ def _store(root: Path, target: Path, meta: dict[str, str]) -> str:
             shutil.copyfile(src, stage / extra)
     extract_vmlinux(stage / "vmlinuz", stage / "vmlinux")
     # The .deb ships no modules.dep (postinst makes it); the initrd builder resolves through it.
-    _run(["depmod", "-b", str(stage), release])
+    run_tool(["depmod", "-b", str(stage), release])
     (stage / "kernel.json").write_text(json.dumps({**meta, "release": release}, indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     stage.rename(target)
     return release
 
 
-def fetch_kernel(flavour: str = "cloud", cache_dir: Path = DEFAULT_CACHE_DIR) -> KernelArtifacts:
-    """Fetch (or reuse from the cache) the current Debian kernel of ``flavour``.
+def fetch_kernel(flavour: str = DEFAULT_FLAVOUR, cache_dir: Path = DEFAULT_CACHE_DIR) -> KernelArtifacts:
+    """Fetch (or reuse from the cache) the current Debian kernel of ``flavour``; build it for ``minimal``.
 
     Raises:
-        ImageError: when apt, dpkg-deb or lz4 fail, or the package is not what we expect.
+        ImageError: when apt, dpkg-deb, lz4 or the kernel build fail, or the package is not what we expect.
     """
-    package, version = resolve_kernel_package(flavour)
-    target = cache_dir / "kernels" / f"{package}_{version}"
-    meta_file = target / "kernel.json"
-    complete = all((target / name).is_file() for name in ("kernel.json", "vmlinuz", "vmlinux"))
-    if not complete:  # a partial directory (interrupted or pruned) is fetched again
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as work:
-            root = _unpack(package, version, Path(work))
-            _store(root, target, {"flavour": flavour, "package": package, "version": version})
-    meta = json.loads(meta_file.read_text())
+    if flavour == "minimal":
+        from kata.image.kbuild import build_minimal_kernel
+
+        target = build_minimal_kernel(cache_dir)
+    else:
+        package, version = resolve_kernel_package(flavour)
+        target = cache_dir / "kernels" / f"{package}_{version}"
+        complete = all((target / name).is_file() for name in ("kernel.json", "vmlinuz", "vmlinux"))
+        if not complete:  # a partial directory (interrupted or pruned) is fetched again
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as work:
+                root = _unpack(package, version, Path(work))
+                _store(root, target, {"flavour": flavour, "package": package, "version": version})
+    meta = json.loads((target / "kernel.json").read_text())
     return KernelArtifacts(flavour=meta["flavour"], package=meta["package"], version=meta["version"],
                            release=meta["release"], directory=target)
 
