@@ -2,16 +2,15 @@
 
 Kata builds its own small guest kernel; so do we: allnoconfig plus ``kconfig/minimal.conf`` (virtio,
 virtio-fs, 9p, vsock, pmem/DAX, erofs, overlay, namespaces, cgroups, hotplug), no loadable modules.
-Under TCG it reaches /init in about a third of the Debian cloud kernel's time and takes half its
-RAM; nothing is loaded at boot. The source package is fetched with ``apt-get download`` (never
-installed); the build needs gcc, make, bc, bison, flex and libelf-dev on the host. Cached by a hash
-of the source version, the config fragment and the compiler.
+Under TCG a bare boot takes 0.92 s against the Debian cloud kernel's 1.68 s, its image is half the
+size (16.5 against 33 MiB), and nothing is loaded at boot (docs/image.md). The source package is
+fetched with ``apt-get download`` (never installed); the build needs gcc, make, bc, bison, flex and
+libelf-dev on the host. Cached by a hash of the source version, the config fragment and the compiler.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -21,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from kata.errors import ImageError
-from kata.image.kernel import run_tool
+from kata.image.kernel import commit_kernel_dir, kernel_dir_complete, run_tool, unpack_package
 
 __all__ = [
     "FRAGMENT",
@@ -101,30 +100,25 @@ def _check_tools() -> None:
 
 
 def _unpack_source(package: str, version: str, work: Path) -> Path:
-    run_tool(["apt-get", "download", "-q", f"{package}={version}"], cwd=work)
-    deb = next(work.glob(f"{package}_*.deb"), None)
-    if deb is None:
-        raise ImageError(f"apt-get download {package} produced no .deb")
-    run_tool(["dpkg-deb", "-x", str(deb), str(work / "deb")])
-    deb.unlink()
-    tarball = next((work / "deb" / "usr" / "src").glob(f"{package}.tar.*"), None)
+    root = unpack_package(package, version, work)
+    tarball = next((root / "usr" / "src").glob(f"{package}.tar.*"), None)
     if tarball is None:
         raise ImageError(f"{package} has no /usr/src/{package}.tar.*")
     with tarfile.open(tarball) as archive:
         archive.extractall(work / "src", filter="tar")
-    shutil.rmtree(work / "deb")
+    shutil.rmtree(root)
     tree = work / "src" / package
     if not (tree / "Makefile").is_file():
         raise ImageError(f"{tarball.name} holds no {package}/Makefile")
     return tree
 
 
-def _configure(tree: Path, fragment: str, env: dict[str, str]) -> None:
+def _configure(tree: Path, fragment: str, options: dict[str, str], env: dict[str, str]) -> None:
     (tree / "pykata.conf").write_text(fragment)
     run_tool(["make", "allnoconfig"], cwd=tree, env=env)
     run_tool(["scripts/kconfig/merge_config.sh", "-m", ".config", "pykata.conf"], cwd=tree, env=env)
     run_tool(["make", "olddefconfig"], cwd=tree, env=env)
-    lost = check_config(fragment_options(fragment), (tree / ".config").read_text())
+    lost = check_config(options, (tree / ".config").read_text())
     if lost:
         raise ImageError(f"kernel config: {', '.join(lost)} did not survive olddefconfig "
                          "(a dependency is off, or the option is gone in this kernel)")
@@ -145,9 +139,7 @@ def _store(tree: Path, target: Path, meta: dict[str, str]) -> str:
     (modules / "modules.dep").write_text("")
     builtin = tree / "modules.builtin"
     (modules / "modules.builtin").write_text(builtin.read_text() if builtin.exists() else "")
-    (stage / "kernel.json").write_text(json.dumps({**meta, "release": release}, indent=2) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    stage.rename(target)
+    commit_kernel_dir(stage, target, {**meta, "release": release})
     return release
 
 
@@ -159,18 +151,18 @@ def build_minimal_kernel(cache_dir: Path, *, jobs: int = 0) -> Path:
     """
     package, version = resolve_source_package()
     fragment = fragment_text()
-    fragment_options(fragment)  # a broken fragment fails before the download
+    options = fragment_options(fragment)  # a broken fragment fails before the download
     _check_tools()
     key = config_key(version, fragment, _compiler())
     target = cache_dir / "kernels" / f"pykata-minimal_{version}_{key}"
-    if all((target / name).is_file() for name in ("kernel.json", "vmlinuz", "vmlinux")):
+    if kernel_dir_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "KBUILD_BUILD_USER": "pykata", "KBUILD_BUILD_HOST": "pykata",
            "KBUILD_BUILD_TIMESTAMP": version, "LC_ALL": "C"}
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as work:
         tree = _unpack_source(package, version, Path(work))
-        _configure(tree, fragment, env)
+        _configure(tree, fragment, options, env)
         run_tool(["make", f"-j{jobs or os.cpu_count() or 1}", "vmlinux", "bzImage"], cwd=tree, env=env)
         _store(tree, target, {"flavour": "minimal", "package": package, "version": f"{version}+{key}",
                               "config": FRAGMENT})

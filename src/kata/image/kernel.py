@@ -20,12 +20,15 @@ __all__ = [
     "FLAVOURS",
     "LZ4_LEGACY_MAGIC",
     "KernelArtifacts",
+    "commit_kernel_dir",
     "extract_vmlinux",
     "fetch_kernel",
+    "kernel_dir_complete",
     "kernel_release_of",
     "link_guest_kernel",
     "resolve_kernel_package",
     "run_tool",
+    "unpack_package",
 ]
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("KATA_CACHE_DIR", "/var/cache/pykata"))
@@ -34,6 +37,7 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("KATA_CACHE_DIR", "/var/cache/pykata"))
 FLAVOURS = {"minimal": "linux-source", "cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
 DEFAULT_FLAVOUR = "cloud"  # minimal: opt-in until the full suite passes on it (docs/image.md)
 LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
+KERNEL_DIR_FILES = ("kernel.json", "vmlinuz", "vmlinux")
 XZ_MAGIC = b"\xfd7zXZ\x00"
 ELF_MAGIC = b"\x7fELF"
 # bzImage setup header: offset of the kernel_version pointer (relative to 0x200).
@@ -151,14 +155,32 @@ def _check_elf(bzimage: Path, tmp: Path, out: Path, detail: str) -> None:
     tmp.replace(out)
 
 
-def _unpack(package: str, version: str, work: Path) -> Path:
+def unpack_package(package: str, version: str, work: Path) -> Path:
+    """``apt-get download`` + ``dpkg-deb -x`` of ``package`` into ``work``/root (nothing is installed).
+
+    Raises:
+        ImageError: when apt or dpkg-deb fail.
+    """
     run_tool(["apt-get", "download", "-q", f"{package}={version}"], cwd=work)
     deb = next(work.glob("*.deb"), None)
     if deb is None:
         raise ImageError(f"apt-get download {package} produced no .deb")
     root = work / "root"
     run_tool(["dpkg-deb", "-x", str(deb), str(root)])
+    deb.unlink()
     return root
+
+
+def kernel_dir_complete(directory: Path) -> bool:
+    """Whether a cached kernel directory holds what a build leaves (a partial one is made again)."""
+    return all((directory / name).is_file() for name in KERNEL_DIR_FILES)
+
+
+def commit_kernel_dir(stage: Path, target: Path, meta: dict[str, str]) -> None:
+    """Write ``kernel.json`` (``meta``) into the staged kernel directory and put it in ``target``'s place."""
+    (stage / "kernel.json").write_text(json.dumps(meta, indent=2) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    stage.rename(target)
 
 
 def _store(root: Path, target: Path, meta: dict[str, str]) -> str:
@@ -179,9 +201,7 @@ def _store(root: Path, target: Path, meta: dict[str, str]) -> str:
     extract_vmlinux(stage / "vmlinuz", stage / "vmlinux")
     # The .deb ships no modules.dep (postinst makes it); the initrd builder resolves through it.
     run_tool(["depmod", "-b", str(stage), release])
-    (stage / "kernel.json").write_text(json.dumps({**meta, "release": release}, indent=2) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    stage.rename(target)
+    commit_kernel_dir(stage, target, {**meta, "release": release})
     return release
 
 
@@ -198,11 +218,10 @@ def fetch_kernel(flavour: str = DEFAULT_FLAVOUR, cache_dir: Path = DEFAULT_CACHE
     else:
         package, version = resolve_kernel_package(flavour)
         target = cache_dir / "kernels" / f"{package}_{version}"
-        complete = all((target / name).is_file() for name in ("kernel.json", "vmlinuz", "vmlinux"))
-        if not complete:  # a partial directory (interrupted or pruned) is fetched again
+        if not kernel_dir_complete(target):  # a partial directory (interrupted or pruned) is fetched again
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as work:
-                root = _unpack(package, version, Path(work))
+                root = unpack_package(package, version, Path(work))
                 _store(root, target, {"flavour": flavour, "package": package, "version": version})
     meta = json.loads((target / "kernel.json").read_text())
     return KernelArtifacts(flavour=meta["flavour"], package=meta["package"], version=meta["version"],
