@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from kata.cli import image as cli_image
 from kata.errors import ImageError
+from kata.image import kernel
 from kata.image.kbuild import check_config, config_key, fragment_options, fragment_text
 from kata.image.modules import GUEST_MODULES, resolve_modules
 
@@ -44,3 +46,8 @@ def test_a_kernel_without_modules_needs_nothing_loaded() -> None:
     builtin = frozenset(request.name for request in GUEST_MODULES)
     resolution = resolve_modules(GUEST_MODULES, {}, builtin)
     assert resolution.load_order == () and resolution.missing == ()
+
+
+def test_the_cli_offers_the_builders_flavours_and_default() -> None:
+    assert set(cli_image.FLAVOURS) == set(kernel.FLAVOURS)
+    assert cli_image.DEFAULT_FLAVOUR == kernel.DEFAULT_FLAVOUR == "minimal"

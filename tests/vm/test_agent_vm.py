@@ -36,8 +36,7 @@ def guest_config(shared_fs: str) -> HypervisorConfig:
     guest_dir, _ = FLAVOURS[shared_fs]
     kernel, initrd = guest_dir / "vmlinux", guest_dir / "kata-initrd.img"
     if not (kernel.exists() and initrd.exists()):
-        flavour = "" if shared_fs == "virtio-fs" else " --flavour generic"
-        pytest.skip(f"no guest image in {guest_dir}: run `kata-runtime image build{flavour}`")
+        pytest.skip(f"no guest image in {guest_dir}: run `kata-runtime image build`")
     return HypervisorConfig(kernel=str(kernel), initrd=str(initrd), accelerator="tcg", shared_fs=shared_fs)
 
 

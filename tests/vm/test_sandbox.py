@@ -33,7 +33,7 @@ from tests.agent.sandbox_support import make_bundle
 
 pytestmark = pytest.mark.vm
 REPO = Path(__file__).resolve().parents[2]
-NO_9P = "9p needs a kernel with 9p: kata-runtime image build (the minimal kernel) or --flavour generic"
+NO_9P = "9p needs a kernel with 9p: kata-runtime image build (the default minimal kernel has it)"
 
 
 def config_for(shared_fs: str) -> Config:

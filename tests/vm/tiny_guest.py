@@ -10,6 +10,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from kata.image.modules import ModuleRequest, resolve_kernel_modules
+
 __all__ = ["GUEST_INITRD", "GUEST_KERNEL", "GuestShell", "build_tiny_initrd", "have_guest_initrd",
            "kernel_modules_dir"]
 
@@ -55,27 +57,6 @@ def kernel_modules_dir() -> Path:
     return Path(str(info["directory"])) / "lib" / "modules" / str(info["release"])
 
 
-def _load_order(modules_dir: Path, names: tuple[str, ...]) -> list[str]:
-    """Module paths (relative to modules_dir) with each one's dependencies before it."""
-    deps: dict[str, list[str]] = {}
-    by_name: dict[str, str] = {}
-    for line in (modules_dir / "modules.dep").read_text().splitlines():
-        path, _, rest = line.partition(":")
-        deps[path] = rest.split()
-        by_name[Path(path).name.removesuffix(".ko").replace("-", "_")] = path
-    order: list[str] = []
-
-    def visit(path: str) -> None:
-        for dep in reversed(deps[path]):
-            visit(dep)
-        if path not in order:
-            order.append(path)
-
-    for name in names:
-        visit(by_name[name])
-    return order
-
-
 def build_tiny_initrd(workdir: Path) -> Path:
     """Build the test initrd in ``workdir`` and return its path (``cpio -o -H newc``, gzip-free)."""
     root = workdir / "root"
@@ -83,7 +64,8 @@ def build_tiny_initrd(workdir: Path) -> Path:
         (root / sub).mkdir(parents=True, exist_ok=True)
     shutil.copy2(BUSYBOX, root / "bin" / "busybox")
     modules_dir = kernel_modules_dir()
-    order = _load_order(modules_dir, MODULES)
+    # Modules the kernel has built in (the minimal flavour has all of them) need no file.
+    order = resolve_kernel_modules(modules_dir, [ModuleRequest(name, True) for name in MODULES]).load_order
     for path in order:
         target = root / "lib" / "modules" / path
         target.parent.mkdir(parents=True, exist_ok=True)

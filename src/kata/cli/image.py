@@ -9,8 +9,10 @@ from kata.cli.context import CliContext
 
 __all__ = ["add_arguments", "run"]
 
-# Kept literal so that parsing arguments imports nothing from the builder.
+# Kept literal so that parsing arguments imports nothing from the builder (a unit test checks they
+# match kata.image.kernel's).
 FLAVOURS = ("minimal", "cloud", "generic")
+DEFAULT_FLAVOUR = "minimal"
 COMPRESSIONS = ("none", "gzip", "lz4")
 ROOTFS_FORMATS = ("erofs", "ext4")
 
@@ -20,9 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build = sub.add_parser("build", help="build the guest initrd (and optional rootfs image)",
                            description="Fetch the guest kernel, build the initrd (cached by a hash of its "
                                        "inputs) and link both to the configured default paths.")
-    build.add_argument("--flavour", choices=FLAVOURS, default="cloud",
-                       help="kernel: Debian's cloud (no 9p) or generic, or minimal (built from Debian's "
-                            "linux-source, everything built in, fastest boot) (default: %(default)s)")
+    build.add_argument("--flavour", choices=FLAVOURS, default=DEFAULT_FLAVOUR,
+                       help="kernel: minimal (pykata's own, built from Debian's linux-source, everything "
+                            "built in, fastest boot), or Debian's cloud (no 9p) or generic "
+                            "(default: %(default)s)")
     build.add_argument("--force", action="store_true", help="rebuild even when the cache has this build")
     build.add_argument("--compression", choices=COMPRESSIONS, default=None,
                        help="initrd compression (default: the builder's measured fastest)")

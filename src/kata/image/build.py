@@ -29,7 +29,7 @@ class GuestImage:
 
 def guest_dir_for(flavour: str) -> Path:
     """Where a flavour's kernel and initrd are linked: the configured defaults for the default flavour
-    (``cloud``), ``/var/cache/pykata/guest-<flavour>`` for others (``minimal``, ``generic``)."""
+    (``minimal``), ``/var/cache/pykata/guest-<flavour>`` for others (``cloud``, ``generic``)."""
     return Path(GUEST_DIR) if flavour == DEFAULT_FLAVOUR else Path(f"{GUEST_DIR}-{flavour}")
 
 
@@ -45,8 +45,8 @@ def kernel_has(guest_dir: Path, option: str) -> bool:
 
 
 def guest_dir_with_9p() -> Path:
-    """A guest dir whose kernel has 9p: the default one when it has (a minimal kernel linked there
-    does), else ``guest-generic`` (Debian's cloud kernel has no 9p at all)."""
+    """A guest dir whose kernel has 9p: the default one when it has (the minimal kernel does), else
+    ``guest-generic`` (for a default dir built with ``--flavour cloud``, which has no 9p at all)."""
     default = Path(GUEST_DIR)
     return default if kernel_has(default, "CONFIG_9P_FS") else guest_dir_for("generic")
 

@@ -35,7 +35,7 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("KATA_CACHE_DIR", "/var/cache/pykata"))
 # Flavour -> Debian metapackage that depends on the current kernel (or, for ``minimal``, the kernel
 # source pykata builds its own kernel from: kata.image.kbuild).
 FLAVOURS = {"minimal": "linux-source", "cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
-DEFAULT_FLAVOUR = "cloud"  # minimal: opt-in until the full suite passes on it (docs/image.md)
+DEFAULT_FLAVOUR = "minimal"  # pykata's own build: boots ~1.1 s faster under TCG, has 9p (docs/image.md)
 LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
 KERNEL_DIR_FILES = ("kernel.json", "vmlinuz", "vmlinux")
 XZ_MAGIC = b"\xfd7zXZ\x00"
