@@ -60,7 +60,7 @@ RUNC = "runc run"
 CTR_RUNC = "ctr run --rm (runc shim)"
 REFERENCE = BARE_SAME
 # The initrd's busybox as init, powering off at once: the kernel passes the words after "--" to init.
-POWEROFF_INIT = "rdinit=/usr/bin/busybox -- poweroff -f"
+POWEROFF_INIT = "rdinit=/bin/busybox -- poweroff -f"  # /bin/busybox: in the initrd and in the boot initrd
 EXITED = "container exited"
 DELETED = "sandbox deleted"
 STACK = (*PHASES, EXITED, DELETED)

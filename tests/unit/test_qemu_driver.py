@@ -38,7 +38,7 @@ def script(path: Path, body: str) -> str:
 def config(tmp_path: Path) -> HypervisorConfig:
     qemu = script(tmp_path / "fake-qemu", f'exec {sys.executable} {FAKE_QMP} "$@"')
     virtiofsd = script(tmp_path / "fake-virtiofsd", "exec sleep 600")
-    return HypervisorConfig(path=qemu, virtio_fs_daemon=virtiofsd, kernel="/k/vmlinux", initrd="")
+    return HypervisorConfig(path=qemu, virtio_fs_daemon=virtiofsd, kernel="/k/vmlinux", initrd="", image="")
 
 
 def make_vm(config: HypervisorConfig, workdir: Path) -> QemuHypervisor:

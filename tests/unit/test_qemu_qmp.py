@@ -224,6 +224,33 @@ def test_memory_grows_in_whole_blocks_and_never_shrinks(server: FakeQmpServer) -
     assert run(scenario()) == 384
 
 
+def test_a_pmem_rootfs_is_not_counted_as_guest_ram(server: FakeQmpServer) -> None:
+    plugged = [20 << 20]  # the virtio-pmem rootfs image: a memory device QEMU counts as plugged
+
+    def summary(_: dict[str, Any]) -> Reply:
+        return {"base-memory": 256 << 20, "plugged-memory": plugged[0]}, []
+
+    def add(args: dict[str, Any]) -> Reply:
+        plugged[0] += 128 << 20
+        return {}, []
+
+    server.handlers.update({"query-memory-size-summary": summary, "device_add": add})
+
+    async def scenario() -> int:
+        client = await connected(server)
+        resizer = MemoryResizer(client, MemoryBackend("memfd"), share=True, max_mib=1024 + 20, slots=4,
+                                not_ram_mib=20)
+        try:
+            grown = await resizer.resize(300)
+            with pytest.raises(HypervisorError, match="above the maximum 1024 MiB"):
+                await resizer.resize(1025)
+            return grown
+        finally:
+            await client.close()
+
+    assert run(scenario()) == 384
+
+
 def test_vcpus_go_into_free_slots_and_leave_last_first(server: FakeQmpServer) -> None:
     present = [{"cpu-index": 0, "qom-path": "/machine/cpu0", "thread-id": 1, "props": {}}]
     slots = [{"type": "max-x86_64-cpu", "vcpus-count": 1, "props": {"socket-id": i, "core-id": 0,

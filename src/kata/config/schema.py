@@ -52,8 +52,8 @@ class HypervisorConfig:
 
     path: str = option("/usr/bin/qemu-system-x86_64")
     kernel: str = option(f"{GUEST_DIR}/vmlinux")
-    initrd: str = option(f"{GUEST_DIR}/kata-initrd.img")
-    image: str = option("")
+    initrd: str = option(f"{GUEST_DIR}/kata-boot-initrd.img")
+    image: str = option(f"{GUEST_DIR}/kata-rootfs.img")
     kernel_params: str = option("")
     machine_type: str = option("q35", choices=("q35", "microvm"))
     accelerator: str = option("auto", choices=("auto", "kvm", "tcg"))

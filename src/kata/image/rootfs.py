@@ -18,8 +18,11 @@ from kata.image.progress import Reporter
 __all__ = ["ROOTFS_FORMATS", "build_rootfs_image", "make_filesystem", "rootfs_size"]
 
 ROOTFS_FORMATS = ("erofs", "ext4")
-# virtio-pmem and nvdimm map the file as guest memory: keep the size a multiple of 2 MiB.
+# virtio-pmem and nvdimm map the file as guest memory: the filesystem in whole 2 MiB (DAX huge pages),
+# the file padded (sparse) to a whole 128 MiB memory section, as Kata's image builder does: a pc-dimm
+# hotplugged after the device starts where it ends, and Linux onlines only whole sections.
 ALIGNMENT = 2 << 20
+DEVICE_ALIGNMENT = 128 << 20
 ROOTFS_NAME = "kata-rootfs.img"
 
 
@@ -57,9 +60,9 @@ def make_filesystem(root: Path, out: Path, fmt: str) -> None:
     else:
         raise ImageError(f"unknown rootfs format {fmt!r}: choose one of {', '.join(ROOTFS_FORMATS)}")
     size = out.stat().st_size
-    if size % ALIGNMENT:
+    if size % DEVICE_ALIGNMENT:
         with out.open("r+b") as fh:
-            fh.truncate(size + ALIGNMENT - size % ALIGNMENT)
+            fh.truncate(size + DEVICE_ALIGNMENT - size % DEVICE_ALIGNMENT)
 
 
 def build_rootfs_image(kernel: KernelArtifacts, cache_dir: Path, fmt: str, *, force: bool = False,
@@ -74,7 +77,7 @@ def build_rootfs_image(kernel: KernelArtifacts, cache_dir: Path, fmt: str, *, fo
         ImageError: when building the tree or the filesystem fails.
     """
     report = reporter or Reporter()
-    inputs = {**build_inputs(kernel, "none"), "rootfs": fmt}
+    inputs = {**build_inputs(kernel, "none"), "rootfs": fmt, "device_alignment": str(DEVICE_ALIGNMENT)}
     key = cache.cache_key(inputs)
     store = cache.BuildCache(cache_dir / "rootfs")
     with store.locked():
@@ -92,7 +95,7 @@ def build_rootfs_image(kernel: KernelArtifacts, cache_dir: Path, fmt: str, *, fo
             with report.step(f"{fmt} image") as step:
                 make_filesystem(root, out / ROOTFS_NAME, fmt)
                 size = (out / ROOTFS_NAME).stat().st_size
-                step.detail = f"{size / 1e6:.1f} MB"
+                step.detail = f"{(out / ROOTFS_NAME).stat().st_blocks * 512 / 1e6:.1f} MB used of {size / 1e6:.1f}"
             facts.update(key=key, inputs=inputs, size=size, format=fmt,
                          seconds=round(time.monotonic() - started, 2))
             cache.write_result(out, facts)

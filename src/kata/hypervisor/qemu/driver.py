@@ -17,12 +17,12 @@ from kata.config.schema import HypervisorConfig
 from kata.errors import HypervisorError, StateError
 from kata.hypervisor.accel import choose_accelerator
 from kata.hypervisor.base import Capabilities, Hypervisor, MemoryImage, VmEvent, with_standard_devices
-from kata.hypervisor.devices import AgentChannel, Device, NetDevice, SharedFs
+from kata.hypervisor.devices import AgentChannel, Device, NetDevice, RootfsImage, SharedFs
 from kata.hypervisor.process import ChildProcess, adopt, spawn
 from kata.hypervisor.qemu.args import MemoryBackend, VmSpec, build_argv, single_threaded_tcg, uses_vhost_user
 from kata.hypervisor.qemu.hotplug import DeviceManager, PortPool
 from kata.hypervisor.qemu.qmp import QmpClient, QmpEvent
-from kata.hypervisor.qemu.resize import MemoryResizer, VcpuResizer
+from kata.hypervisor.qemu.resize import MEMORY_BLOCK_MIB, MemoryResizer, VcpuResizer
 from kata.hypervisor.qemu.spec import HostResources, host_resources, rootfs_image, vm_spec
 from kata.hypervisor.state import VmState
 from kata.hypervisor.virtiofsd import start_virtiofsd
@@ -257,8 +257,15 @@ class QemuHypervisor(Hypervisor):
             share = uses_vhost_user(spec.devices) or backend.share or backend.kind == "memfd"
             if self._image is not None:  # hotplugged RAM must never land in (and grow) the image file
                 backend, share = MemoryBackend("memfd"), True
+            # A virtio-pmem rootfs is a memory device too: QEMU counts it in plugged memory and maxmem.
+            pmem = sum(d.size for d in spec.devices if isinstance(d, RootfsImage) and d.kind == "virtio-pmem")
+            pmem_mib = -(-pmem // (1 << 20))
+            if pmem % (MEMORY_BLOCK_MIB << 20) and spec.max_memory_mib > spec.memory_mib:
+                _log.warning("the rootfs image is not a whole number of 128 MiB memory sections: memory "
+                             "hotplugged after it will not come online (kata-runtime image build pads it)",
+                             extra=self._fields())
             self._memory = MemoryResizer(self._qmp, backend, share=share, max_mib=spec.max_memory_mib,
-                                         slots=spec.memory_slots)
+                                         slots=spec.memory_slots, not_ram_mib=pmem_mib)
 
     async def _shutdown_qemu(self, qemu: ChildProcess) -> None:
         """quit over QMP, then SIGTERM, then SIGKILL: each step bounded."""

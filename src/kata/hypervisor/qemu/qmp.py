@@ -384,6 +384,6 @@ class QmpClient:
             interval = min(interval * 2, 0.05)
 
     async def query_memory_mib(self) -> int:
-        """Guest RAM present (base + plugged), MiB (``query-memory-size-summary``)."""
+        """Base memory + plugged memory devices (pc-dimms and virtio-pmem), MiB (``query-memory-size-summary``)."""
         reply = await self.execute("query-memory-size-summary")
         return (int(reply["base-memory"]) + int(reply.get("plugged-memory", 0))) // (1 << 20)

@@ -67,13 +67,19 @@ class MemoryResizer:
     """Grows guest RAM by pc-dimms, rounded up to whole memory blocks."""
 
     def __init__(self, qmp: QmpClient, backend: MemoryBackend, *, share: bool, max_mib: int,
-                 slots: int) -> None:
+                 slots: int, not_ram_mib: int = 0) -> None:
+        """``not_ram_mib``: memory devices that are not guest RAM (virtio-pmem images), which QEMU
+        counts in plugged memory and which take their part of ``max_mib``."""
         self._qmp = qmp
         self._backend = backend
         self._share = share
-        self._max = max_mib
+        self._not_ram = not_ram_mib
+        self._max = max_mib - not_ram_mib
         self._slots = slots
         self._dimms = 0
+
+    async def _present(self) -> int:
+        return await self._qmp.query_memory_mib() - self._not_ram
 
     async def resize(self, mib: int) -> int:
         """Make at least ``mib`` MiB present; the MiB present afterwards.
@@ -82,7 +88,7 @@ class MemoryResizer:
             HypervisorError: shrinking asked (pc-dimms are not unplugged), no slot left, above the
                 maximum, or QEMU refused.
         """
-        present = await self._qmp.query_memory_mib()
+        present = await self._present()
         if mib < present:
             raise HypervisorError(f"resize memory: cannot shrink from {present} to {mib} MiB")
         if mib == present:
@@ -100,4 +106,4 @@ class MemoryResizer:
         except HypervisorError:
             self._dimms -= 1
             raise
-        return await self._qmp.query_memory_mib()
+        return await self._present()
