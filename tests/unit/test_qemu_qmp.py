@@ -196,8 +196,9 @@ def test_a_failed_dimm_removes_its_memory_backend(server: FakeQmpServer) -> None
     ]
 
 
-def test_memory_grows_in_whole_blocks_and_never_shrinks(server: FakeQmpServer) -> None:
-    plugged = [0]
+def fake_memory(server: FakeQmpServer, plugged_mib: int = 0) -> None:
+    """A 256 MiB guest with ``plugged_mib`` of memory devices; each device_add plugs a 128 MiB dimm."""
+    plugged = [plugged_mib << 20]
 
     def summary(_: dict[str, Any]) -> Reply:
         return {"base-memory": 256 << 20, "plugged-memory": plugged[0]}, []
@@ -207,6 +208,10 @@ def test_memory_grows_in_whole_blocks_and_never_shrinks(server: FakeQmpServer) -
         return {}, []
 
     server.handlers.update({"query-memory-size-summary": summary, "device_add": add})
+
+
+def test_memory_grows_in_whole_blocks_and_never_shrinks(server: FakeQmpServer) -> None:
+    fake_memory(server)
 
     async def scenario() -> int:
         client = await connected(server)
@@ -225,16 +230,7 @@ def test_memory_grows_in_whole_blocks_and_never_shrinks(server: FakeQmpServer) -
 
 
 def test_a_pmem_rootfs_is_not_counted_as_guest_ram(server: FakeQmpServer) -> None:
-    plugged = [20 << 20]  # the virtio-pmem rootfs image: a memory device QEMU counts as plugged
-
-    def summary(_: dict[str, Any]) -> Reply:
-        return {"base-memory": 256 << 20, "plugged-memory": plugged[0]}, []
-
-    def add(args: dict[str, Any]) -> Reply:
-        plugged[0] += 128 << 20
-        return {}, []
-
-    server.handlers.update({"query-memory-size-summary": summary, "device_add": add})
+    fake_memory(server, 20)  # the virtio-pmem rootfs image: a memory device QEMU counts as plugged
 
     async def scenario() -> int:
         client = await connected(server)
