@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from kata.image.bootinitrd import ROOTFS_SERIAL
+
 from kata.config.schema import HypervisorConfig
 from kata.errors import HypervisorError
 from kata.hypervisor.base import VmPaths, shared_fs_for, with_standard_devices
@@ -149,6 +151,11 @@ def test_device_variants() -> None:
         ("-object", f"memory-backend-file,id=mem-rootfs,mem-path=/img/rootfs.img,size={64 << 20},"
                     "share=off,readonly=on"),
         ("-device", "virtio-pmem-pci,id=rootfs,memdev=mem-rootfs")]
+    # On microvm the image is a read-only disk; the boot initrd finds it by its serial.
+    assert device_options(RootfsImage("/img/rootfs.img", kind="virtio-blk"), "microvm") == [
+        ("-blockdev", "driver=raw,node-name=drive-rootfs,read-only=on,file.driver=file,"
+                      "file.filename=/img/rootfs.img"),
+        ("-device", f"virtio-blk-device,id=rootfs,drive=drive-rootfs,serial={ROOTFS_SERIAL}")]
     assert device_options(BlockDevice("/dev/loop3", "d1", driver="virtio-scsi"), "microvm") == [
         ("-blockdev",
          "driver=raw,node-name=drive-d1,read-only=off,file.driver=host_device,file.filename=/dev/loop3"),

@@ -82,3 +82,29 @@ def test_a_sandbox_boots_from_the_erofs_image_on_virtio_pmem_with_dax(tmp_path: 
     init_line = next(line for line in console.splitlines() if 'msg="kata guest init"' in line)
     assert "pid=1 " in init_line and f"kernel={kernel.release}" in init_line
     assert "level=error" not in console, console
+
+
+def test_on_microvm_the_image_is_a_virtio_blk_disk_found_by_its_serial(tmp_path: Path) -> None:
+    """No PCI on microvm, so no virtio-pmem: the default configuration's image becomes a read-only
+    virtio-blk disk, which the boot initrd finds by its serial and mounts without DAX."""
+    from dataclasses import replace
+
+    from kata.config import load_config
+    from kata.image.bootinitrd import ROOTFS_SERIAL
+    from kata.sandbox import OutputBuffer, Sandbox
+    from tests.agent.sandbox_support import make_bundle
+
+    config = load_config().config
+    if not (Path(config.hypervisor.image).exists() and Path(config.hypervisor.initrd).exists()):
+        pytest.skip("no rootfs image and boot initrd (kata-runtime image build --rootfs-image erofs)")
+    config = replace(config, hypervisor=replace(config.hypervisor, machine_type="microvm"))
+    bundle = make_bundle(tmp_path / "bundle", "sh", "-c", "echo up")
+    with Sandbox.create(config, root=tmp_path / "root", sandbox_id="micro") as sb:
+        argv = Path(f"/proc/{sb.pids[0]}/cmdline").read_bytes().split(b"\0")
+        assert f"virtio-blk-device,id=rootfs,drive=drive-rootfs,serial={ROOTFS_SERIAL}".encode() in argv
+        out = OutputBuffer()
+        container = sb.create_container(bundle, stdout=out)
+        container.start()
+        assert container.wait() == 0 and out.getvalue() == b"up\n"
+        console = Path(sb.inner.record.vm.console_log).read_text()
+    assert "kata boot initrd:" not in console and "level=error" not in console, console

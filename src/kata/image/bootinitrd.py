@@ -36,7 +36,9 @@ BOOT_MODULES = (
     ModuleRequest("erofs", True, "the rootfs image's filesystem"),
     ModuleRequest("overlay", True, "a writable root over the read-only image"),
 )
-PMEM_WAIT_TICKS = 1000  # 10 ms each: the device appears once nd_pmem has bound the region
+WAIT_TICKS = 1000  # 10 ms each: the device appears once nd_pmem (or virtio_blk) has bound it
+# The serial the QEMU driver gives the image when it is a virtio-blk disk (microvm: no PCI, no pmem).
+ROOTFS_SERIAL = "rootfs"
 
 
 def boot_script(modules: list[str]) -> str:
@@ -50,17 +52,28 @@ def boot_script(modules: list[str]) -> str:
 B=/bin/busybox
 fail() {{ echo "kata boot initrd: $1" >/dev/console; exit 1; }}
 $B mount -t devtmpfs -o mode=0755 dev /dev || fail 'mount /dev'
+$B mount -t sysfs sys /sys || fail 'mount /sys'
 {loads}
-i=0
-while [ ! -b /dev/pmem0 ]; do
-    [ $i -lt {PMEM_WAIT_TICKS} ] || fail 'no /dev/pmem0 (is the image on virtio-pmem?)'
+# virtio-pmem (q35): /dev/pmem0, mounted with DAX; else the virtio-blk disk whose serial is ours.
+i=0 dev="" opts=ro
+while [ -z "$dev" ]; do
+    if [ -b /dev/pmem0 ]; then
+        dev=/dev/pmem0 opts=ro,dax=always
+    else
+        for s in /sys/block/vd*/serial; do
+            [ "$($B cat $s 2>/dev/null)" = {ROOTFS_SERIAL} ] && d=${{s%/serial}} && dev=/dev/${{d##*/}}
+        done
+    fi
+    [ -n "$dev" ] && break
+    [ $i -lt {WAIT_TICKS} ] || fail 'no /dev/pmem0 and no virtio-blk disk with serial {ROOTFS_SERIAL}'
     $B usleep 10000
     i=$((i + 1))
 done
-$B mount -t erofs -o ro,dax=always /dev/pmem0 /lower || fail 'mount the erofs image'
+$B mount -t erofs -o $opts $dev /lower || fail "mount the erofs image ($dev)"
 $B mount -t tmpfs -o mode=0755 rw /rw || fail 'mount the overlay tmpfs'
 $B mkdir /rw/upper /rw/work
 $B mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work root /root || fail 'mount the overlay'
+$B umount /sys
 $B umount /dev
 exec $B switch_root /root /init
 """
@@ -68,7 +81,7 @@ exec $B switch_root /root /init
 
 def _stage(root: Path, kernel: KernelArtifacts) -> list[str]:
     resolution = resolve_kernel_modules(kernel.modules, BOOT_MODULES)
-    for name in ("bin", "dev", "lower", "rw", "root", "modules"):
+    for name in ("bin", "dev", "sys", "lower", "rw", "root", "modules"):
         (root / name).mkdir()
     shutil.copyfile(BUSYBOX, root / "bin" / "busybox")
     (root / "bin" / "busybox").chmod(0o755)

@@ -93,8 +93,10 @@ def block_device_props(device: BlockDevice | RootfsImage, machine: Machine, bus:
     if isinstance(device, BlockDevice) and device.driver == "virtio-scsi":
         return {"driver": "scsi-hd", "id": device.id, "bus": f"{SCSI_CONTROLLER_ID}.0",
                 "drive": node_name(device.id)}
+    # A rootfs image's serial is its id: the boot initrd finds the disk by it (kata.image.bootinitrd).
+    serial = device.id if isinstance(device, RootfsImage) else None
     return {"driver": virtio_driver("virtio-blk", machine), "id": device.id, "drive": node_name(device.id),
-            "bus": bus}
+            "bus": bus, "serial": serial}
 
 
 def pmem_backend_props(image: RootfsImage) -> Props:
