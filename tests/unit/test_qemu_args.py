@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from kata.image.bootinitrd import ROOTFS_SERIAL
-
 from kata.config.schema import HypervisorConfig
 from kata.errors import HypervisorError
 from kata.hypervisor.base import VmPaths, shared_fs_for, with_standard_devices
@@ -22,6 +20,7 @@ from kata.hypervisor.devices import (
 from kata.hypervisor.qemu.args import MemoryBackend, VmSpec, build_argv, device_options, kernel_command_line
 from kata.hypervisor.qemu.qdev import keyval
 from kata.hypervisor.qemu.spec import HostResources, _tsc_khz, vm_spec
+from kata.image.bootinitrd import ROOTFS_SERIAL
 
 CMDLINE = ("console=ttyS0 panic=-1 quiet cryptomgr.notests i8042.noaux i8042.nopnp mitigations=off "
            "no_timer_check audit=0 apparmor=0 random.trust_cpu=on 8250.nr_uarts=1 swiotlb=noforce")
