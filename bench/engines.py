@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -124,17 +125,39 @@ def vm_cache(config_path: Path, endpoint: Path, timeout: float = 180.0) -> Itera
         server.communicate(timeout=60)
 
 
+@contextlib.contextmanager
+def fork_server(enabled: bool = True) -> Iterator[int]:
+    """``kata-runtime fork-server`` on the default socket when ``enabled`` (its pid), else nothing (0)."""
+    from kata.shim.forkserver import server_socket
+
+    if not enabled:
+        yield 0
+        return
+    process = subprocess.Popen([str(KATA_RUNTIME), "fork-server"])
+    try:
+        while not os.path.exists(server_socket()):
+            if process.poll() is not None:
+                raise RuntimeError(f"fork server exited {process.returncode}")
+            time.sleep(0.02)
+        yield process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait()
+
+
 def bench_config(directory: Path, hypervisor: Mapping[str, object] | None = None,
-                 agent: Mapping[str, object] | None = None, factory: Mapping[str, object] | None = None) -> Path:
+                 agent: Mapping[str, object] | None = None, factory: Mapping[str, object] | None = None,
+                 runtime: Mapping[str, object] | None = None) -> Path:
     """A configuration.toml: the built-in defaults plus a config.d fragment with ``hypervisor`` keys in
-    ``[hypervisor.qemu]``, ``agent`` keys in ``[agent.kata]`` and ``factory`` keys in ``[factory]``."""
+    ``[hypervisor.qemu]``, ``agent`` keys in ``[agent.kata]``, ``factory`` keys in ``[factory]`` and
+    ``runtime`` keys in ``[runtime]``."""
     from kata.config import loader
 
     directory.mkdir(parents=True, exist_ok=True)
     builtin = Path(loader.__file__).parent / "configuration.toml"
     fragment = ""
     for section, keys in (("hypervisor.qemu", hypervisor or {}), ("agent.kata", agent or {}),
-                          ("factory", factory or {})):
+                          ("factory", factory or {}), ("runtime", runtime or {})):
         if keys:
             fragment += f"[{section}]\n" + "".join(f"{key} = {_toml(value)}\n" for key, value in keys.items())
     if fragment:

@@ -1,7 +1,7 @@
 """Host memory per idle sandbox (PSS of qemu + virtiofsd + shim daemon) for N sandboxes, and guest MemAvailable.
 
 Usage: flock /tmp/pykata-vm.lock .venv/bin/python bench/footprint.py [--counts 1,5,10] [--memory 128]
-       [--set KEY=VALUE ...] [--settle 10] [--name footprint] [--no-write]
+       [--set KEY=VALUE ...] [--fork-server] [--settle 10] [--name footprint] [--no-write]
 
 For each N, containerd (1.6, own dirs) starts N containers of the busybox image with ``ctr run -d
 --runtime io.containerd.kata.v2 --runtime-config-path CFG`` running ``sleep``, one after the other;
@@ -15,6 +15,9 @@ processes mapping them, so the sum over all sandboxes is what they cost together
 the cost of one; the shared kernel image and QEMU's libraries make that part smaller as N grows.
 Guest MemAvailable/MemTotal come from ``ctr task exec ... cat /proc/meminfo`` in each sandbox.
 The host's MemAvailable drop is printed as a cross-check (other processes on the host move it).
+``--fork-server`` runs ``kata-runtime fork-server`` and sets ``[runtime] shim_fork_server = true``: the
+daemons are forked from it (found as the parents of their QEMUs: their command line is the server's),
+and the server's own PSS, paid once, is added to the shim column divided among the N sandboxes.
 ``--runs`` repeats the whole series and keeps the median per N.
 """
 
@@ -45,7 +48,7 @@ from common import (
     top_mappings,
     write_results,
 )
-from engines import Ctr, bench_config, containerd, run_quiet
+from engines import Ctr, bench_config, containerd, fork_server, run_quiet
 
 COMPONENTS = ("qemu", "virtiofsd", "shim", "other")
 TARGET_MIB = 120
@@ -60,7 +63,7 @@ def component(pid: int) -> str:
         return "qemu"
     if "virtiofsd" in name:
         return "virtiofsd"
-    if any("containerd-shim-kata-v2" in word for word in cmdline(pid)[:2]):
+    if name == "kata-shim" or any("containerd-shim-kata-v2" in word for word in cmdline(pid)[:2]):
         return "shim"
     return "other"
 
@@ -78,6 +81,13 @@ def shim_daemons(prefix: str) -> dict[str, int]:
         argv = cmdline(pid)
         if "-id" in argv and argv[argv.index("-id") + 1].startswith(prefix):
             found[argv[argv.index("-id") + 1]] = pid
+    # A daemon forked by the fork server has the server's command line: it is its QEMU's parent.
+    for pid in pids_matching(lambda pid: comm(pid).startswith("qemu")):
+        argv = cmdline(pid)
+        name = argv[argv.index("-name") + 1] if "-name" in argv else ""
+        sandbox = name.removeprefix("sandbox-")
+        if name.startswith("sandbox-") and sandbox.startswith(prefix) and sandbox not in found:
+            found[sandbox] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     return found
 
 
@@ -116,8 +126,8 @@ class Sample:
         return total / self.count / 1024
 
 
-def measure(ctr: Ctr, config: Path, count: int, settle: float, prefix: str) -> Sample:
-    """Start ``count`` idle sandboxes, measure, remove them."""
+def measure(ctr: Ctr, config: Path, count: int, settle: float, prefix: str, *, server: int = 0) -> Sample:
+    """Start ``count`` idle sandboxes, measure, remove them (``server``: the fork server's pid, or 0)."""
     before = host_mem_available_kib()
     ids = [f"{prefix}{index}" for index in range(count)]
     try:
@@ -140,6 +150,10 @@ def measure(ctr: Ctr, config: Path, count: int, settle: float, prefix: str) -> S
                 if not mappings and component(process) == "qemu":
                     mappings = top_mappings(process)
             per_sandbox.append(total)
+        if server:
+            shared = pss_kib(server)
+            pss["shim"] += shared
+            per_sandbox = [total + shared // count for total in per_sandbox]
         drop = before - host_mem_available_kib()
         guest = [guest_meminfo(ctr, container_id) for container_id in ids]
         return Sample(count, pss, per_sandbox, guest, drop, mappings)
@@ -206,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="default_memory (and default_maxmemory) of each sandbox in MiB; 0: the defaults")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another [hypervisor.qemu] key for the sandboxes (integers, true/false keep their type)")
+    parser.add_argument("--fork-server", action="store_true",
+                        help="fork the shim daemons from `kata-runtime fork-server` (shim_fork_server = true)")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds idle before measuring")
     parser.add_argument("--name", default="footprint", help="result file name (docs/bench/NAME.json/.png)")
     args = parser.parse_args(argv)
@@ -216,14 +232,19 @@ def main(argv: list[str] | None = None) -> int:
         key, _, value = item.partition("=")
         keys[key] = _toml_value(value)
     label = ", ".join(f"{k}={v}" for k, v in keys.items()) or "default configuration"
+    if args.fork_server:
+        label += ", forked shim daemons"
     facts = machine_facts()
     counts = [int(c) for c in args.counts.split(",")]
     series: dict[int, list[Sample]] = {count: [] for count in counts}
-    with tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmp, containerd() as ctr:
-        config = bench_config(Path(tmp) / "config", keys)
+    runtime = {"shim_fork_server": True} if args.fork_server else {}
+    with (tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmp, containerd() as ctr,
+          fork_server(args.fork_server) as server):
+        config = bench_config(Path(tmp) / "config", keys, runtime=runtime)
         for run in range(args.runs):
             for count in counts:
-                series[count].append(measure(ctr, config, count, args.settle, f"fp{run}n{count}-"))
+                series[count].append(measure(ctr, config, count, args.settle, f"fp{run}n{count}-",
+                                             server=server))
                 progress(f"N={count} measured")
     samples = [_median_sample(series[count]) for count in counts]
     print_facts(facts)
@@ -236,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(f"largest mappings of one QEMU at N={largest.count} (KiB)", ["PSS", "RSS", "mapping"],
                 largest.qemu_mappings)
     write_results(args, args.name, {
-        "machine": facts, "config": keys, "runs": args.runs, "target_mib": TARGET_MIB,
+        "machine": facts, "config": keys, "fork_server": args.fork_server, "runs": args.runs, "target_mib": TARGET_MIB,
         "series": [{"count": s.count, "pss_kib": s.pss, "per_sandbox_kib": s.per_sandbox, "guest": s.guest,
                     "host_mem_available_drop_kib": s.host_drop_kib,
                     "per_sandbox_mib": s.per_sandbox_mib(), "qemu_mappings": s.qemu_mappings} for s in samples],

@@ -13,41 +13,22 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import common
+from engines import fork_server
 from google.protobuf.empty_pb2 import Empty
 
 from kata.oci_cli.client import TaskClient
 from kata.protocols.pb import shim_task_pb2 as task
 from kata.shim.address import socket_address, socket_path
-from kata.shim.forkserver import server_socket
 
 SHIM = common.VENV_BIN / "containerd-shim-kata-v2"
-KATA_RUNTIME = common.VENV_BIN / "kata-runtime"
 MODES = ("server", "spawn")
-
-
-@contextlib.contextmanager
-def fork_server(enabled: bool) -> Iterator[int]:
-    """A fork server on the default socket when ``enabled`` (its pid), else nothing (0)."""
-    if not enabled:
-        yield 0
-        return
-    process = subprocess.Popen([str(KATA_RUNTIME), "fork-server"])
-    try:
-        while not os.path.exists(server_socket()):
-            time.sleep(0.02)
-        yield process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait()
 
 
 def pss_kb(pid: int) -> dict[str, int]:
