@@ -19,7 +19,7 @@ from kata.hypervisor.devices import (
 )
 from kata.hypervisor.qemu.args import MemoryBackend, VmSpec, build_argv, device_options, kernel_command_line
 from kata.hypervisor.qemu.qdev import keyval
-from kata.hypervisor.qemu.spec import HostResources, _tsc_khz, vm_spec
+from kata.hypervisor.qemu.spec import HostResources, _tsc_khz, rootfs_image, vm_spec
 from kata.image.bootinitrd import ROOTFS_SERIAL
 
 CMDLINE = ("console=ttyS0 panic=-1 quiet cryptomgr.notests i8042.noaux i8042.nopnp mitigations=off "
@@ -221,3 +221,10 @@ def test_spec_from_config_is_bounded_by_the_host(tmp_path: Path) -> None:
 def test_tsc_frequency_comes_from_cpuinfo() -> None:
     assert _tsc_khz("processor\t: 0\ncpu MHz\t\t: 2596.146\n") == 2596146
     assert _tsc_khz("processor\t: 0\n") == 0
+
+
+def test_a_missing_rootfs_image_says_how_to_make_it(tmp_path: Path) -> None:
+    config = HypervisorConfig(image=str(tmp_path / "kata-rootfs.img"))
+    with pytest.raises(HypervisorError, match=r"rootfs image .*kata-rootfs.img: No such file or directory "
+                                              r"\(kata-runtime image build --rootfs-image erofs makes it\)"):
+        rootfs_image(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,8 @@ def rootfs_image(config: HypervisorConfig) -> RootfsImage | None:
     try:
         size = os.stat(config.image).st_size
     except OSError as exc:
-        raise HypervisorError(f"rootfs image {config.image}: {exc.strerror}") from exc
+        hint = " (kata-runtime image build --rootfs-image erofs makes it)" if exc.errno == errno.ENOENT else ""
+        raise HypervisorError(f"rootfs image {config.image}: {exc.strerror}{hint}") from exc
     # DAX needs virtio-pmem, which is PCI-only: microvm falls back to a read-only disk.
     kind: Literal["virtio-pmem", "virtio-blk"] = "virtio-blk"
     if config.machine_type == "q35":
