@@ -41,6 +41,7 @@ from common import (
     descendants,
     machine_facts,
     pids_matching,
+    ppid_of,
     print_facts,
     print_table,
     progress,
@@ -86,8 +87,9 @@ def shim_daemons(prefix: str) -> dict[str, int]:
         argv = cmdline(pid)
         name = argv[argv.index("-name") + 1] if "-name" in argv else ""
         sandbox = name.removeprefix("sandbox-")
-        if name.startswith("sandbox-") and sandbox.startswith(prefix) and sandbox not in found:
-            found[sandbox] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        parent = ppid_of(pid) if name.startswith("sandbox-") and sandbox.startswith(prefix) else None
+        if parent is not None and sandbox not in found:
+            found[sandbox] = parent
     return found
 
 

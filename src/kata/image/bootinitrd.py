@@ -56,7 +56,7 @@ $B mount -t sysfs sys /sys || fail 'mount /sys'
 {loads}
 # virtio-pmem (q35): /dev/pmem0, mounted with DAX; else the virtio-blk disk whose serial is ours.
 i=0 dev="" opts=ro
-while [ -z "$dev" ]; do
+while :; do
     if [ -b /dev/pmem0 ]; then
         dev=/dev/pmem0 opts=ro,dax=always
     else
