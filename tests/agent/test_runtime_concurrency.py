@@ -50,7 +50,7 @@ def test_parallel_execs(runtime: ContainerRuntime, rootfs: Path) -> None:
 
 
 REAPER_SCRIPT = """
-import signal, sys, threading
+import os, signal, sys, threading
 from dataclasses import replace
 sys.path[:0] = [{src!r}, {repo!r}]
 from kata.guest.log import GuestLog
@@ -69,22 +69,34 @@ runtime.remove_container("c1")
 runtime.create_container("c2", make_spec({rootfs!r}, "sleep", "60"))
 runtime.start_container("c2")
 result = []
+def parent(pid):
+    return int(open(f"/proc/{{pid}}/stat").read().rpartition(")")[2].split()[1])
 def worker():  # RPC handlers run in threads; the main thread only sleeps
     runtime.exec_process("c2", "e1", exec_process("sh", "-c", "echo exec; exit 4"))
     result.append((drain(runtime.read_stdout, "c2", "e1").decode().strip(), runtime.wait_process("c2", "e1")))
+    runtime.exec_process("c2", "e2", exec_process("sleep", "60"))
+    pids = (runtime.container_info("c2").pid, runtime.process_info("c2", "e2").pid)
+    result.append(("adopted", all(parent(pid) == os.getpid() for pid in pids)))
+    runtime.signal_process("c2", "e2", signal.SIGKILL)
+    result.append(("killed", runtime.wait_process("c2", "e2", timeout=10)))
 thread = threading.Thread(target=worker)
 thread.start()
 while thread.is_alive():
     thread.join(0.01)
-print(*result[0])
+for line in result:
+    print(*line)
 runtime.close()
 """
 
 
 def test_the_guest_reaper_as_watcher(rootfs: Path) -> None:
-    """The runtime's children reset the Reaper's SIGCHLD handler, so their own children stay theirs."""
+    """The runtime's children reset the Reaper's SIGCHLD handler, so their own children stay theirs.
+
+    With the Reaper (PID 1 in the guest, a subreaper here) the monitors leave once they forked: the
+    container's processes are the agent's own children, and their statuses still arrive.
+    """
     repo = Path(__file__).resolve().parents[2]
     script = REAPER_SCRIPT.format(src=str(repo / "src"), repo=str(repo), rootfs=str(rootfs))
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
                             timeout=60, check=False)
-    assert (result.returncode, result.stdout, result.stderr) == (0, "init 3\nexec 4\n", "")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "init 3\nexec 4\nadopted True\nkilled 137\n", "")

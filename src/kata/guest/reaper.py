@@ -14,6 +14,7 @@ __all__ = ["Reaper"]
 
 # Exit codes of children nobody has asked for yet (orphans, or a race with watch()); the oldest go.
 MAX_UNCLAIMED = 1024
+PR_SET_CHILD_SUBREAPER = 36
 
 
 class Reaper:
@@ -23,7 +24,11 @@ class Reaper:
     handler only wakes the thread (through ``signal.set_wakeup_fd``); reaping and the bookkeeping of
     watchers happen under one lock, so a child that exits while ``watch`` is being called for it is
     never lost. Callbacks run in the reaper thread (or in the caller of ``watch``), outside the lock.
+
+    Orphans are this process's children: it is PID 1, or :meth:`install` makes it a child subreaper.
     """
+
+    adopts_orphans = True
 
     def __init__(self) -> None:
         self._watchers: dict[int, Callable[[int, int], None]] = {}
@@ -32,6 +37,10 @@ class Reaper:
 
     def install(self) -> None:
         """Start reaping on every SIGCHLD (call from the main thread, once)."""
+        if os.getpid() != 1:  # PID 1 adopts orphans anyway (and pays no ctypes import at boot)
+            from kata.guest.runtime.syscalls import prctl
+
+            prctl(PR_SET_CHILD_SUBREAPER, 1)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(write_fd, False)
         signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)

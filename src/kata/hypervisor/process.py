@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from kata.errors import HypervisorError
@@ -149,9 +149,9 @@ class ChildProcess:
 
 
 async def spawn(argv: Sequence[str], *, name: str, log_path: Path, pass_fds: Sequence[int] = (),
-                sandbox_id: str = "") -> ChildProcess:
+                sandbox_id: str = "", env_defaults: Mapping[str, str] | None = None) -> ChildProcess:
     """Start ``argv`` in its own session: stdin/stdout /dev/null, stderr appended to ``log_path``,
-    ``pass_fds`` inherited.
+    ``pass_fds`` inherited, our environment plus those ``env_defaults`` it does not set.
 
     Raises:
         HypervisorError: the log file cannot be opened or the program cannot be executed.
@@ -161,8 +161,9 @@ async def spawn(argv: Sequence[str], *, name: str, log_path: Path, pass_fds: Seq
     except OSError as exc:
         raise HypervisorError(f"cannot open {name}'s log {log_path}: {exc.strerror}") from exc
     try:
+        env = {**env_defaults, **os.environ} if env_defaults else None
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                 pass_fds=tuple(pass_fds), start_new_session=True)
+                                 pass_fds=tuple(pass_fds), start_new_session=True, env=env)
     except OSError as exc:
         raise HypervisorError(f"cannot run {name} ({argv[0]}): {os.strerror(exc.errno or 0)}") from exc
     finally:

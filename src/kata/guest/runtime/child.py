@@ -102,8 +102,23 @@ def _monitor_prologue(fds: ChildFds) -> None:
     _keep_only(fds.all())
 
 
-def run_init_monitor(plan: ContainerPlan, fds: ChildFds, console: str | None, no_pivot: bool) -> NoReturn:
-    """Monitor A: enter/create namespaces, fork init (B), report its pid, exit with its status."""
+def _monitor_epilogue(fds: ChildFds, pid: int, linger: bool) -> NoReturn:
+    """Report the process's pid; then wait for it and exit with its status, or (``linger`` False) leave.
+
+    A monitor that leaves hands its child to the agent (PID 1 or a subreaper), which reaps it: the
+    monitor no longer keeps the agent's pages of the moment of the fork alive (the agent goes on writing
+    to its heap, and every page it writes would be copied for the monitor: ~3 MiB per container).
+    """
+    for fd in fds.for_process():
+        os.close(fd)
+    _report(fds.status, f"P {pid}")
+    os.close(fds.status)
+    os._exit(_wait_status(pid) if linger else 0)
+
+
+def run_init_monitor(plan: ContainerPlan, fds: ChildFds, console: str | None, no_pivot: bool,
+                     linger: bool) -> NoReturn:
+    """Monitor A: enter/create namespaces, fork init (B), report its pid, then :func:`_monitor_epilogue`."""
     try:
         _monitor_prologue(fds)
         for fd, nstype, name in fds.namespaces:
@@ -113,18 +128,14 @@ def run_init_monitor(plan: ContainerPlan, fds: ChildFds, console: str | None, no
             sc.unshare(plan.namespaces.unshare)
         pid = os.fork()
         if pid == 0:
-            _run_init(plan, fds, console, no_pivot)
-        for fd in fds.for_process():
-            os.close(fd)
-        _report(fds.status, f"P {pid}")
-        os.close(fds.status)
-        os._exit(_wait_status(pid))
+            _run_init(plan, fds, console, no_pivot, linger)
+        _monitor_epilogue(fds, pid, linger)
     except BaseException as exc:
         _report(fds.status, f"E namespaces: {_describe(exc)}")
     os._exit(EXIT_SETUP_FAILED)
 
 
-def _run_init(plan: ContainerPlan, fds: ChildFds, console: str | None, no_pivot: bool) -> NoReturn:
+def _run_init(plan: ContainerPlan, fds: ChildFds, console: str | None, no_pivot: bool, linger: bool) -> NoReturn:
     """Init (B): join the cgroup, build the rootfs, set identity, report ready, wait, execve."""
     process = plan.process
     phase = "cgroup"
@@ -144,7 +155,7 @@ def _run_init(plan: ContainerPlan, fds: ChildFds, console: str | None, no_pivot:
         switch_root(plan.rootfs.path, no_pivot=no_pivot)
         finish_rootfs(plan.rootfs)
         phase = "process"
-        seccomp = _identity(process, plan.seccomp)
+        seccomp = _identity(process, plan.seccomp, linger)
         _report(fds.status, "R")
         if os.read(fds.start, 1) != b"S":
             os._exit(EXIT_SETUP_FAILED)  # the agent gave up on this container before starting it
@@ -177,8 +188,10 @@ def _configure_namespaces(plan: ContainerPlan) -> None:
         sc.personality(plan.personality)
 
 
-def _identity(process: ProcessPlan, seccomp: SeccompProgram | None) -> SeccompProgram | None:
+def _identity(process: ProcessPlan, seccomp: SeccompProgram | None, linger: bool) -> SeccompProgram | None:
     """rlimits, identity and (without no_new_privs, while still privileged) seccomp.
+
+    The process dies with a lingering monitor (its parent); a monitor that leaves hands it to the agent.
 
     Returns the filter still to load right before execve (when no_new_privs is set, runc's order).
     """
@@ -186,12 +199,13 @@ def _identity(process: ProcessPlan, seccomp: SeccompProgram | None) -> SeccompPr
     if seccomp is not None and not process.no_new_privileges:
         sc.seccomp_filter(seccomp.program, seccomp.flags)
         seccomp = None
-    apply_identity(process)
+    apply_identity(process, die_with_parent=linger)
     return seccomp
 
 
-def run_exec_monitor(process: ProcessPlan, seccomp: SeccompProgram | None, fds: ChildFds) -> NoReturn:
-    """Monitor C: setns() into the container, fork the process (D), report its pid, exit with its status."""
+def run_exec_monitor(process: ProcessPlan, seccomp: SeccompProgram | None, fds: ChildFds,
+                     linger: bool) -> NoReturn:
+    """Monitor C: setns() into the container, fork the process (D), then :func:`_monitor_epilogue`."""
     try:
         _monitor_prologue(fds)
         if process.oom_score_adj is not None:
@@ -201,18 +215,14 @@ def run_exec_monitor(process: ProcessPlan, seccomp: SeccompProgram | None, fds: 
             os.close(fd)
         pid = os.fork()
         if pid == 0:
-            _run_exec(process, seccomp, fds)
-        for fd in fds.for_process():
-            os.close(fd)
-        _report(fds.status, f"P {pid}")
-        os.close(fds.status)
-        os._exit(_wait_status(pid))
+            _run_exec(process, seccomp, fds, linger)
+        _monitor_epilogue(fds, pid, linger)
     except BaseException as exc:
         _report(fds.status, f"E namespaces: {_describe(exc)}")
     os._exit(EXIT_SETUP_FAILED)
 
 
-def _run_exec(process: ProcessPlan, seccomp: SeccompProgram | None, fds: ChildFds) -> NoReturn:
+def _run_exec(process: ProcessPlan, seccomp: SeccompProgram | None, fds: ChildFds, linger: bool) -> NoReturn:
     """The exec'd process (D): join the cgroup, stdio, identity, execve."""
     phase = "cgroup"
     try:
@@ -222,7 +232,7 @@ def _run_exec(process: ProcessPlan, seccomp: SeccompProgram | None, fds: ChildFd
         phase = "stdio"
         _enter_stdio(fds.stdio, process.terminal)
         phase = "process"
-        seccomp = _identity(process, seccomp)
+        seccomp = _identity(process, seccomp, linger)
         phase = "exec"
         exec_process(process, seccomp)
     except ExecFailedError as exc:

@@ -75,8 +75,8 @@ def write_oom_score_adj(value: int) -> None:
         os.close(fd)
 
 
-def apply_identity(process: ProcessPlan) -> None:
-    """cwd, capabilities, groups, gid, uid, umask and no_new_privs, in runc's order.
+def apply_identity(process: ProcessPlan, *, die_with_parent: bool) -> None:
+    """cwd, capabilities, groups, gid, uid, umask, the parent-death signal and no_new_privs, in runc's order.
 
     Raises:
         OSError: naming the step that failed.
@@ -91,9 +91,10 @@ def apply_identity(process: ProcessPlan) -> None:
     if caps is not None:
         apply_sets(caps)
     os.umask(process.umask)
-    # Credential changes clear the parent-death signal: set it now, so the process dies with its
-    # monitor instead of outliving it unwatched.
-    sc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if die_with_parent:
+        # Credential changes clear the parent-death signal: set it now, so the process dies with its
+        # monitor instead of outliving it unwatched.
+        sc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if process.no_new_privileges:
         sc.prctl(PR_SET_NO_NEW_PRIVS, 1)
 

@@ -163,6 +163,22 @@ def _fork(target: Callable[[ChildFds], NoReturn], fds: ChildFds, latch: ExitLatc
     return pid
 
 
+def _hand_over(monitor: int, monitor_latch: ExitLatch, pid: int | None, watcher: ChildWatcher,
+               linger: bool) -> tuple[int, ExitLatch]:
+    """The monitor's pid and the latch of the process's exit, as the ContainerProcess keeps them.
+
+    A lingering monitor exits with the process's status. One that leaves (``linger`` False) has handed
+    its child to the agent: once it is gone, the agent watches the process itself (monitor pid 0).
+    """
+    if linger or pid is None:  # a monitor that failed before forking: its own exit is the process's
+        return monitor, monitor_latch
+    monitor_latch.wait()  # it reported the pid and leaves at once; then the process is our child
+    monitor_latch.close()
+    latch = ExitLatch()
+    watcher.watch(pid, latch.on_exit)
+    return 0, latch
+
+
 def _spawn(
     target: Callable[[ChildFds], NoReturn], stdio: Stdio, joins: tuple[tuple[str, str, int], ...], *,
     cgroup_procs: str | None, watcher: ChildWatcher, start_fd: int,
@@ -203,10 +219,11 @@ def launch_init(plan: ContainerPlan, watcher: ChildWatcher, *, cgroup_procs: str
     """
     stdio = Stdio(plan.process.terminal, plan.process.console_size)
     console = stdio.console_path
+    linger = not watcher.adopts_orphans
     start_r, start_w = os.pipe()
     try:
         monitor, latch, status = _spawn(
-            lambda fds: child.run_init_monitor(plan, fds, console, no_pivot),
+            lambda fds: child.run_init_monitor(plan, fds, console, no_pivot, linger),
             stdio, plan.namespaces.joins, cgroup_procs=cgroup_procs, watcher=watcher, start_fd=start_r)
     except BaseException:
         stdio.close()
@@ -215,6 +232,7 @@ def launch_init(plan: ContainerPlan, watcher: ChildWatcher, *, cgroup_procs: str
     finally:
         os.close(start_r)
     pid, failure = _read_ready(status)
+    monitor, latch = _hand_over(monitor, latch, pid, watcher, linger)
     process = ContainerProcess("", pid or 0, monitor_pid=monitor, stdio=stdio, latch=latch,
                                state=ProcessState.CREATED)
     launch = InitLaunch(process, start_w, status)
@@ -268,9 +286,10 @@ def launch_exec(
     """
     joins = exec_namespaces(init_pid)
     stdio = Stdio(plan.terminal, plan.console_size)
+    linger = not watcher.adopts_orphans
     try:
         monitor, latch, status = _spawn(
-            lambda fds: child.run_exec_monitor(plan, seccomp, fds),
+            lambda fds: child.run_exec_monitor(plan, seccomp, fds, linger),
             stdio, joins, cgroup_procs=cgroup_procs, watcher=watcher, start_fd=-1)
     except BaseException:
         stdio.close()
@@ -284,6 +303,7 @@ def launch_exec(
             failure = failure or _failure(*message)
     finally:
         status.close()
+    monitor, latch = _hand_over(monitor, latch, pid or None, watcher, linger)
     process = ContainerProcess(exec_id, pid, monitor_pid=monitor, stdio=stdio, latch=latch,
                                state=ProcessState.RUNNING)
     if isinstance(failure, ExecError) and pid:

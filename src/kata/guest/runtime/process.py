@@ -21,7 +21,8 @@ def exit_status(code: int) -> int:
 
 
 class ExitLatch:
-    """Set once with the monitor child's exit status; any number of threads can wait for it.
+    """Set once with the process's exit status (from the process, or its lingering monitor); any number
+    of threads can wait for it.
 
     ``on_exit`` may run inside the Reaper's SIGCHLD handler (in the main thread, between bytecodes):
     it takes no lock, it only stores the status and writes to a pipe that waiters poll.
@@ -68,7 +69,8 @@ class ContainerProcess:
     """The container's init (``exec_id`` "") or an exec'd process.
 
     ``pid`` is the process in the container (as the agent sees it), ``monitor_pid`` the agent's direct
-    child that waits for it and exits with its status.
+    child that waits for it and exits with its status (0 when the monitor left and the agent watches
+    ``pid`` itself).
     """
 
     def __init__(self, exec_id: str, pid: int, *, monitor_pid: int, stdio: Stdio, latch: ExitLatch,

@@ -19,7 +19,13 @@ class ChildWatcher(Protocol):
     ``exit_code`` is negative (-signal) for a child killed by a signal, as in subprocess. In the guest
     this is kata.guest.reaper.Reaper (the only code allowed to call waitpid); the callback may then run
     inside a signal handler, so the runtime's callbacks only store the code and write to a pipe.
+
+    ``adopts_orphans`` is True when the orphans of the runtime's children become this process's
+    children (PID 1, or a child subreaper reaping every child): a monitor can then leave as soon as it
+    forked the container's process, instead of staying alive as its parent.
     """
+
+    adopts_orphans: bool
 
     def watch(self, pid: int, callback: Callable[[int, int], None]) -> None:
         """Arrange for ``callback`` to be called when ``pid`` exits (at once if it already has)."""
@@ -27,6 +33,8 @@ class ChildWatcher(Protocol):
 
 class ThreadWatcher:
     """Host mode: one daemon thread per child blocked in waitpid() on that pid only."""
+
+    adopts_orphans = False  # an ordinary process: orphans go to init, so monitors stay as parents
 
     def watch(self, pid: int, callback: Callable[[int, int], None]) -> None:
         """Wait for ``pid`` in a new thread and call ``callback(pid, exit_code)`` from it."""

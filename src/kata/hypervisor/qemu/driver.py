@@ -31,6 +31,10 @@ from kata.log import fields
 __all__ = ["QemuHypervisor"]
 
 _log = logging.getLogger("kata.hypervisor.qemu")
+# glibc malloc, unless the environment says otherwise: blocks over 64 KiB get their own mapping, so what
+# QEMU frees goes back to the host (with the dynamic threshold, the TCG vCPU thread's resized TLBs and
+# other large blocks stay in its arena and the heap once freed): ~2 MiB less RSS per idle VM, measured.
+QEMU_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def _unlink(path: Path) -> None:
@@ -188,7 +192,8 @@ class QemuHypervisor(Hypervisor):
         stack.push_async_callback(self._join_watcher)
         fds = [fd for d in spec.devices if isinstance(d, NetDevice) for fd in d.tap_fds]
         stack.callback(_unlink, self.paths.qemu_log)
-        qemu = await spawn(argv, name="qemu", log_path=self.paths.qemu_log, pass_fds=fds, sandbox_id=self.sandbox_id)
+        qemu = await spawn(argv, name="qemu", log_path=self.paths.qemu_log, pass_fds=fds, sandbox_id=self.sandbox_id,
+                           env_defaults=QEMU_ENV)
         await self._take_control(stack, spec, qemu)
         if self._image is not None and self._image.restore_from:
             await self._restore(self._image.restore_from)
