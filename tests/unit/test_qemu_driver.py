@@ -74,6 +74,30 @@ def test_start_check_stop_removes_what_it_created(config: HypervisorConfig, tmp_
     assert not workdir.exists()
 
 
+@pytest.mark.parametrize(("ours", "seen"), [(None, "65536"), ("262144", "262144")])
+def test_qemu_gets_a_fixed_malloc_mmap_threshold_unless_the_environment_has_one(
+        config: HypervisorConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ours: str | None,
+        seen: str) -> None:
+    if ours is None:
+        monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    else:
+        monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", ours)
+
+    async def scenario() -> dict[str, str]:
+        vm = make_vm(config, tmp_path / "vm")
+        await vm.prepare()
+        await vm.start(timeout=10)
+        try:
+            raw = Path(f"/proc/{vm.pids()[0]}/environ").read_bytes()
+        finally:
+            await vm.stop()
+        return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+
+    environ = run(scenario())
+    assert environ["MALLOC_MMAP_THRESHOLD_"] == seen
+    assert environ["PATH"] == os.environ["PATH"]  # the rest of our environment is passed on
+
+
 def test_a_failing_qemu_leaves_nothing_and_says_why(config: HypervisorConfig, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_QEMU_MODE", "fail")
