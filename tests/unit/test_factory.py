@@ -52,7 +52,7 @@ def test_virtio_fs_cannot_be_restored() -> None:
 def config_in(tmp_path: Path, **hypervisor: object) -> Config:
     kernel = tmp_path / "vmlinux"
     kernel.write_bytes(b"kernel")
-    hv = HypervisorConfig(kernel=str(kernel), initrd="", accelerator="tcg", **hypervisor)  # type: ignore[arg-type]
+    hv = HypervisorConfig(kernel=str(kernel), initrd="", image="", accelerator="tcg", **hypervisor)  # type: ignore[arg-type]
     return Config(hypervisor=hv, factory=FactoryConfig(enable_template=True, template_path=str(tmp_path / "tpl")))
 
 

@@ -229,7 +229,7 @@ def test_cold_plug_is_checked_against_the_machine(config: HypervisorConfig, tmp_
 
 
 def test_a_missing_qemu_binary_is_a_hypervisor_error(tmp_path: Path) -> None:
-    vm = make_vm(HypervisorConfig(path=str(tmp_path / "no-qemu")), tmp_path / "vm")
+    vm = make_vm(HypervisorConfig(path=str(tmp_path / "no-qemu"), image=""), tmp_path / "vm")
 
     async def scenario() -> None:
         await vm.prepare()
