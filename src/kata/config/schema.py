@@ -58,7 +58,7 @@ class HypervisorConfig:
     machine_type: str = option("q35", choices=("q35", "microvm"))
     accelerator: str = option("auto", choices=("auto", "kvm", "tcg"))
     kvm_probe_timeout: int = option(10, minimum=1, annotatable=False)
-    tcg_tb_size: int = option(24, minimum=0)
+    tcg_tb_size: int = option(32, minimum=0)
     default_vcpus: int = option(1, minimum=1)
     default_maxvcpus: int = option(0, minimum=0)
     default_memory: int = option(256, minimum=64)
