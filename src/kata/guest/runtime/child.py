@@ -107,7 +107,8 @@ def _monitor_epilogue(fds: ChildFds, pid: int, linger: bool) -> NoReturn:
 
     A monitor that leaves hands its child to the agent (PID 1 or a subreaper), which reaps it: the
     monitor no longer keeps the agent's pages of the moment of the fork alive (the agent goes on writing
-    to its heap, and every page it writes would be copied for the monitor: ~3 MiB per container).
+    to its heap, and every page it writes would be copied for the monitor: guest AnonPages of an idle
+    sandbox with one container 15.2 MiB with lingering monitors, 9.9 MiB without).
     """
     for fd in fds.for_process():
         os.close(fd)
